@@ -1,0 +1,1 @@
+"""Model-free helpers used across Cockpit (no Django models imported here)."""

@@ -1,0 +1,33 @@
+"""The Celery queues, and which tasks go to which.
+
+Separate queues keep a flood of one kind of work from starving the others: a burst of agent
+runs must not delay an escalation. Production runs workers per queue (or with ``-Q`` lists);
+``make demo`` runs one worker on all of them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from kombu import Queue as KombuQueue
+
+
+class Queue(StrEnum):
+    DEFAULT = "default"
+    RUNS = "runs"  # managed agent runs (fleet)
+    ESCALATIONS = "escalations"  # approval deadlines and notifications (approvals)
+    INGEST = "ingest"  # span post-processing (traces)
+    ROLLUPS = "rollups"  # cost rollups, budgets, forecasts (finops)
+    MAINTENANCE = "maintenance"  # retention, audit verification, clean-ups
+
+
+CELERY_TASK_QUEUES = [KombuQueue(q.value, routing_key=q.value) for q in Queue]
+
+# Routed by module, so a new task lands on its app's queue without an entry here.
+CELERY_TASK_ROUTES = {
+    "fleet.tasks.*": {"queue": Queue.RUNS.value},
+    "approvals.tasks.*": {"queue": Queue.ESCALATIONS.value},
+    "traces.tasks.*": {"queue": Queue.INGEST.value},
+    "finops.tasks.*": {"queue": Queue.ROLLUPS.value},
+    "cockpit.tasks.maintenance_*": {"queue": Queue.MAINTENANCE.value},
+}

@@ -1,0 +1,328 @@
+"""Cockpit settings: one module, configured entirely from the environment.
+
+Unset variables fall back to the embedded default (SQLite and a Valkey server on a unix socket,
+both under ``var/``) so ``make demo`` needs no servers; production sets ``DATABASE_URL`` and
+``REDIS_URL``. See README.md § Production for every variable.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
+
+from cockpit.lib.env import env_bool, env_database, env_int, env_list, env_str, redis_urls
+from cockpit.queues import CELERY_TASK_QUEUES, CELERY_TASK_ROUTES, Queue
+from cockpit.schedule import BEAT_SCHEDULE
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("COCKPIT_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var").resolve()
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (use a long random string). For local work "
+            "use `make demo` / `make test`, which set one, or set DEBUG=true."
+        )
+    SECRET_KEY = "django-insecure-local-development-only"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS must list the host names Cockpit is served under (comma-separated)."
+    )
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"CSRF_TRUSTED_ORIGINS entries need a scheme (https://host), got {_origin!r}."
+        )
+
+INSTALLED_APPS = [
+    "daphne",  # first, so `runserver` is the ASGI one
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "servestatic.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "channels",
+    "guardian",
+    "axes",
+    "pgtrigger",
+    "ninja",  # serves Swagger/Redoc assets locally (without it the docs page uses a CDN)
+    "cockpit",
+    "fleet",
+    "approvals",
+    "traces",
+    "finops",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
+]
+
+ROOT_URLCONF = "cockpit.urls"
+ASGI_APPLICATION = "cockpit.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.csp",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "cockpit.context_processors.cockpit",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------------
+DATABASES = {
+    "default": env_database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'cockpit.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Test processes (web, worker) started by the suite open the same file, so it cannot live
+    # in memory.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-cockpit.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis / Valkey: Celery broker and results, channel layer, cache ---------------------------
+# The default is where `make demo` runs its embedded Valkey (see cockpit/launcher.py).
+REDIS_URL = env_str("REDIS_URL", f"unix://{VAR_DIR / 'valkey' / 'valkey.sock'}") or ""
+_redis = redis_urls("REDIS_URL", REDIS_URL)
+# Keys of this deployment (or of one test run) are prefixed so that several can share a server.
+REDIS_PREFIX = env_str("COCKPIT_REDIS_PREFIX", "cockpit") or "cockpit"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _redis["client"],
+        "KEY_PREFIX": REDIS_PREFIX,
+        "TIMEOUT": 300,
+    }
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [_redis["client"]],
+            "prefix": f"{REDIS_PREFIX}:asgi",
+            "capacity": 500,
+            "expiry": 30,
+        },
+    }
+}
+
+# --- Celery -----------------------------------------------------------------------------------
+CELERY_BROKER_URL = _redis["celery"]
+CELERY_RESULT_BACKEND = _redis["celery"]
+CELERY_TASK_QUEUES = CELERY_TASK_QUEUES
+CELERY_TASK_DEFAULT_QUEUE = Queue.DEFAULT.value
+CELERY_TASK_ROUTES = CELERY_TASK_ROUTES
+CELERY_BEAT_SCHEDULE = BEAT_SCHEDULE
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = timedelta(hours=6)
+CELERY_TASK_IGNORE_RESULT = True  # tasks that need a result opt in
+# One message at a time per worker process: a long task never sits on a prefetched queue while
+# another worker is idle, and an acks_late task lost with its worker is the only one lost.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# acks_late is opted into per task (only idempotent tasks); a task whose worker died is then
+# redelivered rather than dropped.
+CELERY_TASK_ACKS_LATE = False
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_TIME_LIMIT = env_int("COCKPIT_TASK_TIME_LIMIT", 900, minimum=10)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
+# Redis re-delivers an unacknowledged message after the visibility timeout: it must exceed the
+# longest task, or a slow acks_late task runs twice. Long waits (approvals, escalations) live in
+# the database, never in the broker.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT * 4,
+    "global_keyprefix": f"{REDIS_PREFIX}:celery:",
+}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"global_keyprefix": f"{REDIS_PREFIX}:celery:"}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_TASK_ALWAYS_EAGER = env_bool("COCKPIT_TASKS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Auth, roles, throttling ------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses locked-out credentials
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "fleet-overview"
+LOGOUT_REDIRECT_URL = "login"
+ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous visitors have no perms
+GUARDIAN_RAISE_403 = False
+
+AXES_FAILURE_LIMIT = env_int("COCKPIT_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("COCKPIT_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# --- Sessions, cookies, HTTPS -----------------------------------------------------------------
+HTTPS = env_bool("COCKPIT_HTTPS", not DEBUG)
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env_int("COCKPIT_SESSION_HOURS", 12, minimum=1) * 3600
+SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env_int("COCKPIT_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("COCKPIT_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("COCKPIT_HSTS_PRELOAD", True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if env_bool("COCKPIT_BEHIND_PROXY", False):
+    # The load balancer terminates TLS and says so in X-Forwarded-Proto; run daphne with
+    # --proxy-headers so client addresses (audit, login throttling) are the real ones.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Content Security Policy: no inline script anywhere, every asset from this origin.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+
+# --- Static files -----------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# "collected": served from STATIC_ROOT after collectstatic, with hashed names and compression
+# (production, make demo). "finders": straight from the app folders (tests, development).
+STATIC_MODE = env_str("COCKPIT_STATIC", "finders" if DEBUG else "collected")
+if STATIC_MODE not in {"collected", "finders"}:
+    raise ImproperlyConfigured(
+        f"COCKPIT_STATIC must be 'collected' or 'finders', not {STATIC_MODE!r}."
+    )
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "servestatic.storage.CompressedManifestStaticFilesStorage"
+            if STATIC_MODE == "collected"
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+SERVESTATIC_USE_FINDERS = STATIC_MODE == "finders"
+SERVESTATIC_AUTOREFRESH = STATIC_MODE == "finders"
+SERVESTATIC_KEEP_ONLY_HASHED_FILES = True
+
+# --- Email ------------------------------------------------------------------------------------
+# EMAIL_HOST names an SMTP server; without one, mail is written to files under var/mail/ so
+# nothing is lost and it can be read (check --deploy flags that as not for production).
+EMAIL_HOST = env_str("EMAIL_HOST")
+if EMAIL_HOST:
+    _use_tls = env_bool("EMAIL_USE_TLS", True)
+    _use_ssl = env_bool("EMAIL_USE_SSL", False)
+    if _use_tls and _use_ssl:
+        raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be true.")
+    _mailer = {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {
+            "host": EMAIL_HOST,
+            "port": env_int("EMAIL_PORT", 465 if _use_ssl else 587, minimum=1, maximum=65535),
+            "username": env_str("EMAIL_HOST_USER", "") or "",
+            "password": env_str("EMAIL_HOST_PASSWORD", "") or "",
+            "use_tls": _use_tls,
+            "use_ssl": _use_ssl,
+            "timeout": env_int("EMAIL_TIMEOUT", 10, minimum=1),
+        },
+    }
+else:
+    _mailer = {
+        "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "OPTIONS": {"file_path": str(VAR_DIR / "mail")},
+    }
+del EMAIL_HOST
+MAILERS = {"default": _mailer}
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Cockpit <cockpit@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Internationalisation ---------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Observability ----------------------------------------------------------------------------
+# Spans are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT (or the traces-specific
+# variable) is set; otherwise tracing is configured without an exporter.
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "cockpit")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}."
+    )
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "axes": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}
+
+# --- Cockpit ----------------------------------------------------------------------------------
+COCKPIT = {
+    # API keys are looked up on every request; last-used time is written at most this often.
+    "API_KEY_TOUCH_SECONDS": 60,
+    # Browser: live events for one fragment arriving within this window cause one re-fetch.
+    "LIVE_COALESCE_MS": 200,
+}
