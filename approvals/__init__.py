@@ -1,0 +1,1 @@
+"""Approvals: policy, approval requests, escalation and notifications."""

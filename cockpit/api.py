@@ -1,0 +1,257 @@
+"""The REST API root (``/api/v1/``), its authentication, and the platform endpoints.
+
+Machines authenticate with an API key (``Authorization: Bearer ck_…`` or ``X-Api-Key: ck_…``)
+that carries scopes; people use their session. Each endpoint names what it accepts, e.g.
+``auth=key_or_session(Scope.READ)``. Every error is JSON: ``{"detail": "…"}`` plus ``errors``
+for invalid input. Each app adds its router in ``cockpit/urls.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import Field, NinjaAPI, Query, Router, Schema
+from ninja.errors import AuthenticationError, AuthorizationError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security import HttpBearer, SessionAuth
+
+from cockpit import selectors
+from cockpit.models import ApiKey, Scope, Team
+from cockpit.services import api_key_authenticate
+
+logger = logging.getLogger(__name__)
+
+
+# --- Authentication ---------------------------------------------------------------------------
+
+
+class ApiKeyAuth(HttpBearer):
+    """An API key holding ``scope``: ``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``."""
+
+    def __init__(self, scope: str) -> None:
+        if scope not in Scope.values:
+            raise ValueError(f"unknown scope {scope!r}")
+        self.scope = scope
+        super().__init__()
+
+    def __call__(self, request: HttpRequest) -> ApiKey | None:
+        if request.headers.get("Authorization"):
+            return super().__call__(request)
+        header_key = request.headers.get("X-Api-Key")
+        return self.authenticate(request, header_key.strip()) if header_key else None
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+        api_key = api_key_authenticate(token.strip())
+        if api_key is None:
+            raise AuthenticationError(message="Invalid API key.")
+        if not api_key.is_active:
+            raise AuthenticationError(message="This API key has been revoked.")
+        if not api_key.has_scope(self.scope):
+            raise AuthorizationError(
+                message=(
+                    f"This API key lacks the '{self.scope}' scope "
+                    f"(it has: {', '.join(api_key.scopes)})."
+                )
+            )
+        return api_key
+
+
+class ActiveSessionAuth(SessionAuth):
+    """A signed-in, active user (CSRF is checked on unsafe methods)."""
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        user = super().authenticate(request, key)
+        return user if user is not None and user.is_active else None
+
+
+session_auth = ActiveSessionAuth()
+
+
+def key_or_session(scope: str) -> list[Any]:
+    return [ApiKeyAuth(scope), session_auth]
+
+
+# --- The API object ---------------------------------------------------------------------------
+
+api = NinjaAPI(
+    title="Cockpit API",
+    version="1",
+    description=(
+        "Operate a fleet of AI agents: runs and directives, approvals, traces, costs.\n\n"
+        "Authenticate machines with an API key (`Authorization: Bearer ck_…`, or `X-Api-Key`), "
+        "created under Settings → API keys or with `manage.py create_api_key`. Each key belongs "
+        "to one team and carries scopes: `ingest`, `read`, `runs`, `approvals`. Errors are JSON "
+        "objects with a `detail` message."
+    ),
+    urls_namespace="api",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+def _error(request: HttpRequest, status: int, detail: str, **extra: Any) -> HttpResponse:
+    return api.create_response(request, {"detail": detail, **extra}, status=status)
+
+
+@api.exception_handler(AuthenticationError)
+def _on_unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    detail = (
+        str(exc.message)
+        if exc.message != "Unauthorized"
+        else ("Authentication required: send 'Authorization: Bearer <API key>' or sign in.")
+    )
+    response = _error(request, 401, detail)
+    response["WWW-Authenticate"] = 'Bearer realm="cockpit"'
+    return response
+
+
+@api.exception_handler(NinjaValidationError)
+def _on_invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    errors = [
+        {
+            "field": ".".join(
+                str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")
+            ),
+            "message": e.get("msg", "invalid"),
+        }
+        for e in exc.errors
+    ]
+    return _error(request, 422, "The request is not valid: see 'errors'.", errors=errors)
+
+
+@api.exception_handler(DjangoValidationError)
+def _on_domain_validation(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+    if hasattr(exc, "error_dict"):
+        errors = [{"field": f, "message": " ".join(m)} for f, m in exc.message_dict.items()]
+    else:
+        errors = [{"field": "", "message": m} for m in exc.messages]
+    return _error(request, 400, "; ".join(e["message"] for e in errors), errors=errors)
+
+
+@api.exception_handler(Http404)
+def _on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _error(request, 404, "Not found.")
+
+
+@api.exception_handler(PermissionDenied)
+def _on_forbidden(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+    return _error(request, 403, str(exc) or "You may not do this.")
+
+
+@api.exception_handler(Exception)
+def _on_crash(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("API error on %s %s", request.method, request.path)
+    return _error(request, 500, "Internal error; it has been logged.")
+
+
+# --- Platform endpoints -----------------------------------------------------------------------
+
+router = Router(tags=["platform"])
+
+
+class TeamOut(Schema):
+    slug: str
+    name: str
+    description: str
+
+
+class MeOut(Schema):
+    kind: str = Field(description="'api_key' or 'user'")
+    name: str
+    scopes: list[str] = Field(default_factory=list, description="API keys only")
+    teams: list[TeamOut]
+
+
+class AuditEventOut(Schema):
+    id: int
+    at: datetime
+    actor: str = Field(alias="actor_label")
+    actor_type: str
+    action: str
+    object_type: str
+    object_id: str
+    object_repr: str
+    team: str | None = Field(None, alias="team.slug")
+    before: Any = None
+    after: Any = None
+    reason: str
+    ip: str
+
+
+class AuditPageOut(Schema):
+    items: list[AuditEventOut]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page")
+
+
+class AuditFilter(Schema):
+    team: str | None = Field(None, description="team slug")
+    action: str | None = Field(None, description="exact action, e.g. api_key.revoke")
+    object_type: str | None = None
+    object_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = Field(None, description="return events older than this id")
+    limit: int = Field(50, ge=1, le=500)
+
+
+@router.get("/me", response=MeOut, auth=key_or_session(Scope.READ), summary="Who is calling")
+def me(request: HttpRequest) -> dict[str, Any]:
+    principal = request.auth  # type: ignore[attr-defined]
+    if isinstance(principal, ApiKey):
+        return {
+            "kind": "api_key",
+            "name": principal.name,
+            "scopes": principal.scopes,
+            "teams": [principal.team],
+        }
+    return {
+        "kind": "user",
+        "name": principal.get_username(),
+        "teams": list(selectors.visible_teams(principal)),
+    }
+
+
+@router.get(
+    "/teams", response=list[TeamOut], auth=key_or_session(Scope.READ), summary="Teams you can see"
+)
+def teams(request: HttpRequest) -> Any:
+    return selectors.visible_teams(request.auth)  # type: ignore[attr-defined]
+
+
+@router.get("/teams/{slug}", response=TeamOut, auth=key_or_session(Scope.READ), summary="One team")
+def team_detail(request: HttpRequest, slug: str) -> Team:
+    team = selectors.visible_teams(request.auth).filter(slug=slug).first()  # type: ignore[attr-defined]
+    if team is None:
+        raise Http404
+    return team
+
+
+@router.get(
+    "/audit",
+    response=AuditPageOut,
+    auth=key_or_session(Scope.READ),
+    summary="Audit events, newest first",
+)
+def audit_events(request: HttpRequest, filters: Query[AuditFilter]) -> dict[str, Any]:
+    items = selectors.audit_events_for(
+        request.auth,  # type: ignore[attr-defined]
+        team_slug=filters.team,
+        action=filters.action,
+        object_type=filters.object_type,
+        object_id=filters.object_id,
+        since=filters.since,
+        until=filters.until,
+        before_id=filters.before,
+        limit=filters.limit,
+    )
+    return {"items": items, "next_before": items[-1].pk if len(items) == filters.limit else None}
+
+
+api.add_router("/", router)
+
+__all__ = ["ApiKeyAuth", "api", "key_or_session", "session_auth"]

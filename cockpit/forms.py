@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django import forms
+
+from cockpit.models import Scope, Team
+from cockpit.roles import Role
+
+
+class AuditFilterForm(forms.Form):
+    team = forms.ModelChoiceField(
+        queryset=Team.objects.none(), required=False, empty_label="All teams", to_field_name="slug"
+    )
+    action = forms.ChoiceField(required=False)
+    actor = forms.CharField(required=False, max_length=100)
+    since = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, teams: Any, actions: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(forms.ModelChoiceField, self.fields["team"]).queryset = teams
+        cast(forms.ChoiceField, self.fields["action"]).choices = [
+            ("", "All actions"),
+            *((a, a) for a in actions),
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("since") and data.get("until") and data["since"] >= data["until"]:
+            raise forms.ValidationError("'From' must be before 'to'.")
+        return data
+
+
+class ApiKeyCreateForm(forms.Form):
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), to_field_name="slug")
+    name = forms.CharField(
+        max_length=100, help_text="What will use it, e.g. 'LangGraph prod collector'."
+    )
+    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args: Any, teams: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        team = cast(forms.ModelChoiceField, self.fields["team"])
+        team.queryset = teams
+        team.empty_label = None
+
+
+class RevokeForm(forms.Form):
+    reason = forms.CharField(required=False, max_length=500)
+
+
+class MembershipGrantForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Role.choices)
+
+    def clean_username(self) -> Any:
+        from django.contrib.auth import get_user_model
+
+        username = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise forms.ValidationError(f"No active user named {username!r}.")
+        return user

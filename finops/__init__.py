@@ -1,0 +1,1 @@
+"""FinOps: prices, cost attribution, rollups, budgets and forecasts."""

@@ -1,0 +1,1 @@
+"""Traces: OTLP ingestion, the span store and the trace views."""
