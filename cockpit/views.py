@@ -242,9 +242,9 @@ def system(request: HtmxHttpRequest) -> HttpResponse:
         from cockpit.tasks import live_probe, maintenance_audit_verify
 
         if request.POST.get("check") == "worker":
-            live_probe.delay(probe=request.POST.get("probe", ""), sent_at=time.time())
+            live_probe.delay_on_commit(probe=request.POST.get("probe", ""), sent_at=time.time())
         elif request.POST.get("check") == "audit":
-            maintenance_audit_verify.delay(requested_by=request.user.get_username())
+            maintenance_audit_verify.delay_on_commit(requested_by=request.user.get_username())
         return HttpResponse(status=204) if request.htmx else redirect("system")
     template = "cockpit/system.html#status" if request.htmx else "cockpit/system.html"
     return render(request, template, {"status": selectors.system_status()})
