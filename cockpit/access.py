@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404
@@ -86,20 +85,19 @@ def for_user(user: AnyUser) -> UserAccess:
     cached = getattr(user, _CACHE_ATTR, None)
     if cached is not None:
         return cached
-    org_perms = frozenset(
-        perm.split(".", 1)[1] for perm in user.get_all_permissions() if perm.startswith("cockpit.")
-    )
+    org_perms = frozenset(perm.split(".", 1)[1] for perm in user.get_all_permissions() if perm.startswith("cockpit."))
     team_perms: dict[int, frozenset[str]] = {}
     if not user.is_superuser:
-        # guardian's object permissions on teams, held directly or through a group.
-        ctype = ContentType.objects.get_for_model(Team)
+        # guardian's object permissions on teams, held directly or through a group. The content
+        # type is matched by name, not by a cached id (ids change when a test flushes them).
+        ctype = {"content_type__app_label": "cockpit", "content_type__model": "team"}
         rows = (
-            UserObjectPermission.objects.filter(user=user, content_type=ctype)
+            UserObjectPermission.objects.filter(user=user, **ctype)
             .values_list("object_pk", "permission__codename")
             .union(
-                GroupObjectPermission.objects.filter(
-                    group__user=user, content_type=ctype
-                ).values_list("object_pk", "permission__codename")
+                GroupObjectPermission.objects.filter(group__user=user, **ctype).values_list(
+                    "object_pk", "permission__codename"
+                )
             )
         )
         collected: dict[int, set[str]] = {}
@@ -159,9 +157,7 @@ def get_for_user[M: Model](
     if not access.can(TeamPerm.VIEW, team_id):
         raise Http404("No such object.")
     if perm != TeamPerm.VIEW and not access.can(perm, team_id):
-        raise PermissionDenied(
-            f"Your role in this team does not allow this ({perm.replace('_', ' ')})."
-        )
+        raise PermissionDenied(f"Your role in this team does not allow this ({perm.replace('_', ' ')}).")
     return obj
 
 

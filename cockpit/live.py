@@ -17,6 +17,7 @@ Groups ("topics") are named ``<kind>.<id>``:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -68,40 +69,96 @@ def can_subscribe(user: User | AnonymousUser, topic: str) -> bool:
     return check(user, ident)
 
 
-def publish(event: dict[str, Any], *, team_id: int | None, topics: Iterable[str] = ()) -> None:
+def publish(
+    event: dict[str, Any],
+    *,
+    team_id: int | None,
+    topics: Iterable[str] = (),
+    coalesce: str | None = None,
+) -> None:
     """Send ``event`` once the surrounding transaction commits (at once outside one).
 
     ``team_id`` routes it to the team's group (``None``: the organisation group); ``topics``
-    adds object groups such as ``run.42``.
+    adds object groups such as ``run.42``. Events with the same ``coalesce`` key replace one
+    another while waiting to be sent (a busy run's steps become one event, not fifty).
     """
     if "type" not in event:
         raise ValueError("a live event needs a 'type'")
     groups = [team_topic(team_id) if team_id is not None else ORG_TOPIC, *topics]
-    transaction.on_commit(lambda: _sender.send(groups, event), robust=True)
+    transaction.on_commit(lambda: _sender.send(groups, event, coalesce), robust=True)
+
+
+Queued = tuple[str | None, list[str], dict[str, Any]]
 
 
 class _Sender:
-    """Sends from a private event loop thread, one per process.
+    """Sends events from a private event-loop thread, one per process, in the order published.
 
-    A channel layer keeps connections per event loop, so sending from one long-lived loop
-    reuses them (``async_to_sync`` would open a fresh loop and connection per event). The
-    thread is re-created after a fork (Celery's prefork pool).
+    ``send`` only queues the event (microseconds, so a busy worker is not slowed down); the
+    thread sends one event after the other over channel-layer connections it keeps (a channel
+    layer holds connections per event loop: ``async_to_sync`` would open a new one per event).
+    The thread is re-created after a fork (Celery's prefork pool). If the broker is down or too
+    slow, events are dropped with a warning: state is in the database, and pages re-fetch
+    everything when they reconnect.
     """
+
+    MAX_PENDING = 10_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[Queued] | None = None
+        self._latest: dict[str, tuple[list[str], dict[str, Any]]] = {}
         self._pid = 0
+        self._pending = 0
         self._down_until = 0.0
         self.dropped = 0
 
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
+    def _get_loop(
+        self,
+    ) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[Queued]]:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():
+            if self._loop is None or self._queue is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="live-bus", daemon=True).start()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
+                queue: asyncio.Queue[Queued] = asyncio.Queue()
+                threading.Thread(target=self._run, args=(loop, queue), name="live-bus", daemon=True).start()
+                self._loop, self._queue, self._pid, self._pending = loop, queue, os.getpid(), 0
+                self._latest = {}
+            return self._loop, self._queue
+
+    def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[Queued],
+    ) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self._drain(queue))
+
+    async def _drain(self, queue: asyncio.Queue[Queued]) -> None:
+        while True:
+            key, groups, event = await queue.get()
+            if key is not None:
+                with self._lock:
+                    groups, event = self._latest.pop(key, (groups, event))
+            try:
+                if time.monotonic() < self._down_until:
+                    self.dropped += 1
+                    continue
+                await asyncio.wait_for(self._send(groups, event), SEND_TIMEOUT_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - any failure of the bus is survivable
+                self.dropped += 1
+                self._down_until = time.monotonic() + BACKOFF_SECONDS
+                logger.warning(
+                    "live bus unreachable (%s: %s); dropping events for %.0f s (%d dropped so far). "
+                    "Nothing is lost: state is in the database and pages re-fetch on reconnect.",
+                    type(exc).__name__,
+                    exc,
+                    BACKOFF_SECONDS,
+                    self.dropped,
+                )
+            finally:
+                with self._lock:
+                    self._pending -= 1
 
     async def _send(self, groups: list[str], event: dict[str, Any]) -> None:
         layer = get_channel_layer()
@@ -110,28 +167,35 @@ class _Sender:
         message = {"type": "live.event", "event": event}
         await asyncio.gather(*(layer.group_send(group, message) for group in groups))
 
-    def send(self, groups: list[str], event: dict[str, Any]) -> None:
-        """Blocks until sent (a millisecond or two) so events leave in order. A broker outage
-        costs a logged warning and dropped events (pages catch up when they reconnect), never
-        the write that was just committed."""
-        if time.monotonic() < self._down_until:
-            self.dropped += 1
-            return
-        future = asyncio.run_coroutine_threadsafe(self._send(groups, event), self._get_loop())
-        try:
-            future.result(timeout=SEND_TIMEOUT_SECONDS)
-        except Exception as exc:
-            future.cancel()
-            self.dropped += 1
-            self._down_until = time.monotonic() + BACKOFF_SECONDS
-            logger.warning(
-                "live bus unreachable (%s: %s); dropping events for %.0f s (%d dropped so far). "
-                "Nothing is lost: state is in the database and pages re-fetch on reconnect.",
-                type(exc).__name__,
-                exc,
-                BACKOFF_SECONDS,
-                self.dropped,
-            )
+    def send(self, groups: list[str], event: dict[str, Any], coalesce: str | None = None) -> None:
+        loop, queue = self._get_loop()
+        with self._lock:
+            if coalesce is not None and coalesce in self._latest:
+                self._latest[coalesce] = (groups, event)  # the queued one will carry this instead
+                return
+            if self._pending >= self.MAX_PENDING:
+                self.dropped += 1
+                return
+            self._pending += 1
+            if coalesce is not None:
+                self._latest[coalesce] = (groups, event)
+        loop.call_soon_threadsafe(queue.put_nowait, (coalesce, groups, event))
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until every queued event has been sent (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._pending > 0 and self._pid == os.getpid():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
 
 _sender = _Sender()
+# A short-lived process (a management command) delivers its events before it exits.
+atexit.register(_sender.flush)
+
+
+def flush(timeout: float = 2.0) -> bool:
+    """Wait for this process's queued events to be sent (tests, benchmarks, commands)."""
+    return _sender.flush(timeout)

@@ -25,6 +25,9 @@ CELERY_TASK_QUEUES = [KombuQueue(q.value, routing_key=q.value) for q in Queue]
 
 # Routed by module, so a new task lands on its app's queue without an entry here.
 CELERY_TASK_ROUTES = {
+    # Housekeeping first: a flood of runs must not delay the sweeper that rescues them.
+    "fleet.tasks.run_sweep": {"queue": Queue.MAINTENANCE.value},
+    "fleet.tasks.demo_start_runs": {"queue": Queue.MAINTENANCE.value},
     "fleet.tasks.*": {"queue": Queue.RUNS.value},
     "approvals.tasks.*": {"queue": Queue.ESCALATIONS.value},
     "traces.tasks.*": {"queue": Queue.INGEST.value},

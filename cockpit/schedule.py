@@ -10,6 +10,19 @@ from __future__ import annotations
 from celery.schedules import crontab
 
 BEAT_SCHEDULE: dict[str, dict] = {
+    # Re-enqueues managed runs whose worker died (lease expired) or whose message was lost.
+    # The durable state is the run's row; this makes recovery take seconds, not an hour.
+    "runs-sweep": {
+        "task": "fleet.tasks.run_sweep",
+        "schedule": 10.0,
+        "options": {"expires": 10},
+    },
+    # `make demo` only (the task checks COCKPIT_DEMO): start a demo run now and then.
+    "demo-start-runs": {
+        "task": "fleet.tasks.demo_start_runs",
+        "schedule": 5.0,
+        "options": {"expires": 5},
+    },
     # Walks the audit hash chain and logs an error at the first broken link; the result is also
     # shown on the Audit page.
     "audit-verify-nightly": {

@@ -13,7 +13,15 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
-from cockpit.lib.env import env_bool, env_database, env_int, env_list, env_str, redis_urls
+from cockpit.lib.env import (
+    env_bool,
+    env_database,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    redis_urls,
+)
 from cockpit.queues import CELERY_TASK_QUEUES, CELERY_TASK_ROUTES, Queue
 from cockpit.schedule import BEAT_SCHEDULE
 
@@ -33,15 +41,11 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 if not ALLOWED_HOSTS:
-    raise ImproperlyConfigured(
-        "ALLOWED_HOSTS must list the host names Cockpit is served under (comma-separated)."
-    )
+    raise ImproperlyConfigured("ALLOWED_HOSTS must list the host names Cockpit is served under (comma-separated).")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 for _origin in CSRF_TRUSTED_ORIGINS:
     if not _origin.startswith(("http://", "https://")):
-        raise ImproperlyConfigured(
-            f"CSRF_TRUSTED_ORIGINS entries need a scheme (https://host), got {_origin!r}."
-        )
+        raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS entries need a scheme (https://host), got {_origin!r}.")
 
 INSTALLED_APPS = [
     "daphne",  # first, so `runserver` is the ASGI one
@@ -61,6 +65,7 @@ INSTALLED_APPS = [
     "ninja",  # serves Swagger/Redoc assets locally (without it the docs page uses a CDN)
     "cockpit",
     "fleet",
+    "fleet.sandbox",
     "approvals",
     "traces",
     "finops",
@@ -109,7 +114,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Test processes (web, worker) started by the suite open the same file, so it cannot live
     # in memory.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-cockpit.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": env_str("COCKPIT_TEST_DATABASE", str(VAR_DIR / "test-cockpit.sqlite3"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis / Valkey: Celery broker and results, channel layer, cache ---------------------------
@@ -128,15 +133,12 @@ CACHES = {
     }
 }
 
+# Redis pub/sub: live events are hints (pages re-fetch what changed), so at-most-once delivery
+# is enough, and a publish is one PUBLISH (about 4× cheaper than the list-based layer).
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [_redis["client"]],
-            "prefix": f"{REDIS_PREFIX}:asgi",
-            "capacity": 500,
-            "expiry": 30,
-        },
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [_redis["client"]], "prefix": f"{REDIS_PREFIX}:asgi"},
     }
 }
 
@@ -241,9 +243,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # (production, make demo). "finders": straight from the app folders (tests, development).
 STATIC_MODE = env_str("COCKPIT_STATIC", "finders" if DEBUG else "collected")
 if STATIC_MODE not in {"collected", "finders"}:
-    raise ImproperlyConfigured(
-        f"COCKPIT_STATIC must be 'collected' or 'finders', not {STATIC_MODE!r}."
-    )
+    raise ImproperlyConfigured(f"COCKPIT_STATIC must be 'collected' or 'finders', not {STATIC_MODE!r}.")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -301,9 +301,7 @@ USE_TZ = True
 OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "cockpit")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise ImproperlyConfigured(
-        f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}."
-    )
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -325,4 +323,24 @@ COCKPIT = {
     "API_KEY_TOUCH_SECONDS": 60,
     # Browser: live events for one fragment arriving within this window cause one re-fetch.
     "LIVE_COALESCE_MS": 200,
+    # Runtime: a worker executing a run renews its lease every third of this; a run whose lease
+    # ran out is presumed orphaned (its worker died) and re-enqueued by the sweeper.
+    "RUN_LEASE_SECONDS": env_int("COCKPIT_RUN_LEASE_SECONDS", 30, minimum=2),
+    # One task executes a run for at most this long, then hands it on to a fresh task (the
+    # journal makes that cheap), so no task nears the time limit however long the run.
+    "RUN_SLICE_SECONDS": env_int("COCKPIT_RUN_SLICE_SECONDS", 240, minimum=1),
+    # Transient failures of a model or tool call: attempts, and the backoff (full jitter).
+    "RETRY_MAX_ATTEMPTS": env_int("COCKPIT_RETRY_MAX_ATTEMPTS", 5, minimum=1),
+    "RETRY_MAX_SECONDS": env_int("COCKPIT_RETRY_MAX_SECONDS", 120, minimum=1),
+    "RETRY_BASE_SECONDS": env_float("COCKPIT_RETRY_BASE_SECONDS", 0.5, minimum=0),
+    "RETRY_MAX_WAIT_SECONDS": env_float("COCKPIT_RETRY_MAX_WAIT_SECONDS", 20, minimum=0),
+    # Circuit breakers per provider and per tool (state shared by all workers through Redis).
+    "BREAKER_FAIL_MAX": env_int("COCKPIT_BREAKER_FAIL_MAX", 5, minimum=1),
+    "BREAKER_RESET_SECONDS": env_int("COCKPIT_BREAKER_RESET_SECONDS", 30, minimum=1),
+    # The demo keeps its agents busy: a new run every this many seconds (0: none).
+    "DEMO_RUN_INTERVAL_SECONDS": env_int("COCKPIT_DEMO_RUN_INTERVAL", 20, minimum=0),
 }
+# `make demo` sets COCKPIT_DEMO: demo agents then start runs on their own.
+COCKPIT_DEMO = env_bool("COCKPIT_DEMO", False)
+# Modules whose @agent and @tool functions are registered when the fleet app starts.
+COCKPIT_AGENT_MODULES = env_list("COCKPIT_AGENT_MODULES", ["fleet.demo_agents"])

@@ -23,9 +23,7 @@ def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
     return None if value is None else value.strip()
 
 
-def env_str(
-    name: str, default: str | None = None, *, environ: Mapping[str, str] | None = None
-) -> str | None:
+def env_str(name: str, default: str | None = None, *, environ: Mapping[str, str] | None = None) -> str | None:
     value = _raw(name, environ)
     return default if value is None or value == "" else value
 
@@ -39,9 +37,7 @@ def env_bool(name: str, default: bool, *, environ: Mapping[str, str] | None = No
         return True
     if lowered in _FALSE:
         return False
-    raise ImproperlyConfigured(
-        f"{name}={value!r} is not a boolean (use true/false, 1/0, yes/no, on/off)."
-    )
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false, 1/0, yes/no, on/off).")
 
 
 def env_int(
@@ -66,9 +62,26 @@ def env_int(
     return number
 
 
-def env_list(
-    name: str, default: list[str], *, environ: Mapping[str, str] | None = None
-) -> list[str]:
+def env_float(
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> float:
+    value = _raw(name, environ)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}.")
+    return number
+
+
+def env_list(name: str, default: list[str], *, environ: Mapping[str, str] | None = None) -> list[str]:
     """A comma-separated list; blank items are dropped."""
     value = _raw(name, environ)
     if value is None:
@@ -76,16 +89,12 @@ def env_list(
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def env_database(
-    name: str, default: str, *, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+def env_database(name: str, default: str, *, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Parse a ``postgres://`` or ``sqlite://`` URL into a Django ``DATABASES`` entry."""
     url = env_str(name, default, environ=environ) or default
     scheme = urlsplit(url).scheme
     if scheme not in {"postgres", "postgresql", "sqlite"}:
-        raise ImproperlyConfigured(
-            f"{name} must start with postgres:// or sqlite:// (got scheme {scheme!r})."
-        )
+        raise ImproperlyConfigured(f"{name} must start with postgres:// or sqlite:// (got scheme {scheme!r}).")
     try:
         config: dict[str, Any] = dict(dj_database_url.parse(url))
     except ValueError as exc:
@@ -99,9 +108,7 @@ def env_database(
         config["OPTIONS"] = {
             # Several processes (web, worker, beat) write: WAL lets readers run beside one writer;
             # BEGIN IMMEDIATE takes the write lock up front so read-then-write never deadlocks.
-            "init_command": (
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
-            ),
+            "init_command": ("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"),
             "transaction_mode": "IMMEDIATE",
             "timeout": 30,
         }
@@ -128,6 +135,4 @@ def redis_urls(name: str, url: str) -> dict[str, str]:
         if not db.isdigit():
             raise ImproperlyConfigured(f"{name}={url!r}: db must be a number.")
         return {"client": url, "celery": f"redis+socket://{parts.path}?virtual_host={db}"}
-    raise ImproperlyConfigured(
-        f"{name} must start with redis://, rediss:// or unix:// (got scheme {parts.scheme!r})."
-    )
+    raise ImproperlyConfigured(f"{name} must start with redis://, rediss:// or unix:// (got scheme {parts.scheme!r}).")
