@@ -1,0 +1,216 @@
+"""Where the apps above fleet plug into the runtime (DESIGN.md § Dependency direction).
+
+The runtime asks three questions it cannot answer itself, and hands over what it emits:
+
+* **approval gate** — may this action happen, and without a human? (approvals fills it);
+* **budget guard** — is there budget left for the next step? (finops fills it);
+* **pricer** — what did this model call cost? (finops fills it);
+* **span sink** — where do the runtime's spans go? (traces fills it).
+
+Each has a default that works on its own: side-effecting tools of tier 3–4 agents wait for a
+human (an operator's resume counts as the approval); a run stops at its own budget; simulated
+models carry their made-up prices, real models are unpriced; spans go to ``RunSpan``. A higher
+app replaces one with ``register(...)`` in its ``AppConfig.ready()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from fleet.providers.base import Usage
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from fleet.models import Run, Step
+    from fleet.runtime.registry import ToolSpec
+
+
+# --- Approval ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """Why the agent wants to act: taken from the decision (or LLM) step that preceded it."""
+
+    reasoning: str = ""
+    confidence: float | None = None
+    decision_step: int | None = None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    verdict: Literal["allow", "approve", "forbid"]
+    reason: str = ""
+    policy: str = ""  # which policy (and version) decided, for the record
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    approved: bool
+    decided_by: str
+    reason: str = ""
+    edited_args: dict[str, Any] | None = None
+
+
+class ApprovalGate(Protocol):
+    def evaluate(self, *, run: Run, tool: ToolSpec, args: dict[str, Any], context: ActionContext) -> GateDecision: ...
+
+    def request(
+        self,
+        *,
+        run: Run,
+        step: Step,
+        tool: ToolSpec | None,
+        args: dict[str, Any],
+        context: ActionContext,
+        decision: GateDecision,
+    ) -> ApprovalOutcome | None:
+        """Ask for a decision about the action journaled as ``step`` (an approval step). Return
+        an outcome if it is decided at once, else ``None``: the run then waits, and whoever
+        decides calls ``fleet.services.approval_step_decide``."""
+        ...
+
+    def withdraw(self, *, run: Run, step: Step, reason: str) -> None:
+        """The run no longer waits for this decision (it was cancelled)."""
+        ...
+
+
+class InterimApprovalGate:
+    """Side-effecting tools of tier 3–4 agents need a human; an operator's resume approves."""
+
+    def evaluate(self, *, run: Run, tool: ToolSpec, args: dict[str, Any], context: ActionContext) -> GateDecision:
+        if tool.side_effect and run.agent.tier >= 3:
+            return GateDecision(
+                "approve",
+                reason=f"{tool.name} changes something and the agent is tier {run.agent.tier}",
+            )
+        return GateDecision("allow")
+
+    def request(self, **kwargs: Any) -> ApprovalOutcome | None:
+        return None
+
+    def withdraw(self, **kwargs: Any) -> None:
+        return None
+
+
+# --- Budget -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    verdict: Literal["ok", "pause", "degrade"]
+    reason: str = ""
+    model: str = ""  # for "degrade": the cheaper "provider/model" to use from now on
+
+
+class BudgetGuard(Protocol):
+    def check(self, *, run: Run, step_kind: str) -> BudgetVerdict: ...
+
+
+class RunBudgetGuard:
+    """A run stops when its cost reaches its own budget (the version's, or an override)."""
+
+    def check(self, *, run: Run, step_kind: str) -> BudgetVerdict:
+        budget = run.effective_budget
+        if budget is not None and run.cost >= budget:
+            return BudgetVerdict(
+                "pause",
+                reason=f"budget_exceeded: this run has cost ${run.cost:.4f} of its ${budget:.4f}",
+            )
+        return BudgetVerdict("ok")
+
+
+# --- Prices -----------------------------------------------------------------------------------
+
+
+class Pricer(Protocol):
+    def price(self, *, provider_system: str, model: str, usage: Usage) -> Decimal | None:
+        """The cost in USD, or ``None`` when the model has no known price (shown as unpriced)."""
+        ...
+
+
+class SimulatedPricer:
+    def price(self, *, provider_system: str, model: str, usage: Usage) -> Decimal | None:
+        if provider_system != "simulated":
+            return None
+        from fleet.providers.simulated import simulated_price
+
+        return simulated_price(model, usage)
+
+
+# --- Spans ------------------------------------------------------------------------------------
+
+
+class SpanSink(Protocol):
+    def write(self, spans: Sequence[ReadableSpan]) -> None: ...
+
+
+class RunSpanTable:
+    """Keeps finished spans in ``fleet.RunSpan`` (one row per span; a re-emitted span is kept once)."""
+
+    def write(self, spans: Sequence[ReadableSpan]) -> None:
+        from datetime import UTC, datetime
+
+        from fleet.models import RunSpan
+
+        rows = []
+        for span in spans:
+            context = span.get_span_context()
+            if context is None:
+                continue
+            rows.append(
+                RunSpan(
+                    trace_id=f"{context.trace_id:032x}",
+                    span_id=f"{context.span_id:016x}",
+                    parent_span_id=f"{span.parent.span_id:016x}" if span.parent else "",
+                    name=span.name,
+                    start=datetime.fromtimestamp((span.start_time or 0) / 1e9, tz=UTC),
+                    end=datetime.fromtimestamp((span.end_time or 0) / 1e9, tz=UTC),
+                    status=span.status.status_code.name.lower(),
+                    attributes=dict(span.attributes or {}),
+                    events=[{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
+                )
+            )
+        RunSpan.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+# --- Registration -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Seams:
+    approval_gate: ApprovalGate
+    budget_guard: BudgetGuard
+    pricer: Pricer
+    span_sink: SpanSink
+
+
+current = _Seams(
+    approval_gate=InterimApprovalGate(),
+    budget_guard=RunBudgetGuard(),
+    pricer=SimulatedPricer(),
+    span_sink=RunSpanTable(),
+)
+
+
+def register(
+    *,
+    approval_gate: ApprovalGate | None = None,
+    budget_guard: BudgetGuard | None = None,
+    pricer: Pricer | None = None,
+    span_sink: SpanSink | None = None,
+) -> None:
+    """Replace one or more seams (call from ``AppConfig.ready()``)."""
+    if approval_gate is not None:
+        current.approval_gate = approval_gate
+    if budget_guard is not None:
+        current.budget_guard = budget_guard
+    if pricer is not None:
+        current.pricer = pricer
+    if span_sink is not None:
+        current.span_sink = span_sink

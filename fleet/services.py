@@ -1,0 +1,1000 @@
+"""Every write of the fleet: agents, versions, runs, operator directives, and the runtime's
+journal. Operator actions are audited; every run change writes a ``RunEvent`` and publishes
+``run.changed`` on commit.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from cockpit import live
+from cockpit.audit import Actor, audit_record, snapshot
+from cockpit.models import ActorType, Team
+from fleet.models import (
+    Agent,
+    AgentEvent,
+    AgentKind,
+    AgentStatus,
+    AgentVersion,
+    DegradedMode,
+    IllegalTransition,
+    ModelProvider,
+    Run,
+    RunEvent,
+    RunKind,
+    RunStatus,
+    Step,
+    StepKind,
+    StepStatus,
+    Tier,
+    Tool,
+    split_model_ref,
+)
+from fleet.runtime.errors import LeaseLost
+
+
+def lease_seconds() -> int:
+    return int(settings.COCKPIT["RUN_LEASE_SECONDS"])
+
+
+def json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def publish_run(run: Run, kind: str = "run.changed", **extra: Any) -> None:
+    # Step events of one run coalesce while queued: pages re-fetch the run either way.
+    live.publish(
+        {"type": kind, "run": run.pk, "agent": run.agent_id, "status": run.status, **extra},
+        team_id=run.team_id,
+        topics=[f"run.{run.pk}"],
+        coalesce=f"run.step:{run.pk}" if kind == "run.step" else None,
+    )
+
+
+def publish_agent(agent: Agent) -> None:
+    live.publish(
+        {"type": "agent.changed", "agent": agent.pk},
+        team_id=agent.team_id,
+        topics=[f"agent.{agent.pk}"],
+    )
+
+
+def _event(run: Run, kind: str, actor: Actor, reason: str = "", *, to_status: str = "", **data: Any) -> RunEvent:
+    return RunEvent.objects.create(
+        run=run,
+        kind=kind,
+        actor_label=actor.label,
+        actor_user=actor.user_or_none,
+        reason=reason,
+        to_status=to_status,
+        data=json_safe(data),
+    )
+
+
+def _save_transition(run: Run, new: str, actor: Actor, reason: str = "", **data: Any) -> RunEvent:
+    event = run.transition_to(new, actor_label=actor.label, actor_user=actor.user_or_none, reason=reason, data=data)
+    run.save()
+    event.save()
+    return event
+
+
+# --- Agents -----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def agent_create(
+    *,
+    actor: Actor,
+    team: Team,
+    slug: str,
+    name: str,
+    description: str = "",
+    kind: str = AgentKind.MANAGED,
+    entrypoint: str = "",
+    tier: int = Tier.SUPERVISED,
+    degraded_mode: str = DegradedMode.FALLBACK,
+) -> Agent:
+    agent = Agent(
+        team=team,
+        slug=slug,
+        name=name,
+        description=description,
+        kind=kind,
+        entrypoint=entrypoint,
+        tier=tier,
+        degraded_mode=degraded_mode,
+    )
+    agent.full_clean(exclude=["current_version"])
+    agent.save()
+    audit_record(
+        actor=actor,
+        action="agent.create",
+        obj=agent,
+        after=snapshot(agent, ["slug", "name", "kind", "tier"]),
+    )
+    publish_agent(agent)
+    return agent
+
+
+@transaction.atomic
+def agent_version_create(
+    *,
+    actor: Actor,
+    agent: Agent,
+    version: str,
+    primary_model: str,
+    fallback_models: list[str] | None = None,
+    temperature: float | None = None,
+    max_steps: int = 50,
+    run_budget: Decimal | None = None,
+    prompts: dict[str, str] | None = None,
+    tools: list[str] | None = None,
+    notes: str = "",
+) -> AgentVersion:
+    """Publish a new immutable version; it becomes the agent's current one."""
+    agent = Agent.objects.select_for_update().get(pk=agent.pk)
+    new = AgentVersion(
+        agent=agent,
+        version=version,
+        primary_model=primary_model,
+        fallback_models=fallback_models or [],
+        temperature=temperature,
+        max_steps=max_steps,
+        run_budget=run_budget,
+        prompts=prompts or {},
+        tools=tools or [],
+        notes=notes,
+        created_by=actor.user_or_none,
+        created_by_label=actor.label,
+    )
+    new.full_clean()
+    unknown = sorted(set(new.tools) - set(Tool.objects.filter(name__in=new.tools).values_list("name", flat=True)))
+    if unknown:
+        raise ValidationError({"tools": f"Unknown tool(s): {', '.join(unknown)}."})
+    new.save()
+    old = agent.current_version
+    agent.current_version = new
+    agent.save(update_fields=["current_version"])
+    AgentEvent.objects.create(
+        agent=agent,
+        kind=AgentEvent.Kind.VERSION,
+        old=old.version if old else "",
+        new=version,
+        actor_label=actor.label,
+        reason=notes,
+    )
+    audit_record(
+        actor=actor,
+        action="agent.version_create",
+        obj=agent,
+        after={"version": version, **new.as_config()},
+    )
+    publish_agent(agent)
+    return new
+
+
+@transaction.atomic
+def agent_set_status(*, actor: Actor, agent: Agent, status: str, reason: str = "") -> Agent:
+    """Activate, pause or quarantine an agent. Pausing or quarantining also asks every active run
+    of the agent to pause at its next step, and the agent takes no new runs until reactivated.
+    Reactivating does not resume paused runs: operators resume them one by one."""
+    agent = Agent.objects.select_for_update().get(pk=agent.pk)
+    if status != AgentStatus.ACTIVE and not reason.strip():
+        raise ValidationError({"reason": "Say why: operators of its runs will see this reason."})
+    before = snapshot(agent, ["status", "status_reason"])
+    try:
+        event = agent.transition_to(status, actor_label=actor.label, reason=reason)
+    except IllegalTransition as exc:
+        raise ValidationError({"status": exc.messages}) from None
+    agent.save(update_fields=["status", "status_reason", "status_changed_at"])
+    event.save()
+    paused_runs = 0
+    if status != AgentStatus.ACTIVE:
+        directive = f"agent {status}: {reason}"
+        for run in Run.objects.select_for_update().filter(
+            agent=agent,
+            status__in=[RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.WAITING_APPROVAL],
+        ):
+            _request_pause(run, actor, directive)
+            paused_runs += 1
+    audit_record(
+        actor=actor,
+        action=f"agent.{ {'active': 'activate', 'paused': 'pause', 'quarantined': 'quarantine'}[status] }",
+        obj=agent,
+        before=before,
+        after={**snapshot(agent, ["status", "status_reason"]), "runs_paused": paused_runs},
+        reason=reason,
+    )
+    publish_agent(agent)
+    return agent
+
+
+@transaction.atomic
+def agent_set_tier(*, actor: Actor, agent: Agent, tier: int, reason: str = "") -> Agent:
+    agent = Agent.objects.select_for_update().get(pk=agent.pk)
+    if tier not in Tier.values:
+        raise ValidationError({"tier": "The tier is 1 (Full Auto), 2 (Supervised), 3 (Assisted) or 4 (Manual)."})
+    if tier == agent.tier:
+        return agent
+    old = agent.tier
+    agent.tier = tier
+    agent.save(update_fields=["tier"])
+    AgentEvent.objects.create(
+        agent=agent,
+        kind=AgentEvent.Kind.TIER,
+        old=str(old),
+        new=str(tier),
+        actor_label=actor.label,
+        reason=reason,
+    )
+    audit_record(
+        actor=actor,
+        action="agent.set_tier",
+        obj=agent,
+        before={"tier": old},
+        after={"tier": tier},
+        reason=reason,
+    )
+    publish_agent(agent)
+    return agent
+
+
+@transaction.atomic
+def agent_slo_update(
+    *,
+    actor: Actor,
+    agent: Agent,
+    success_rate: Decimal,
+    p95_llm_seconds: float,
+    p95_tool_seconds: float,
+    cost_per_success: Decimal | None,
+) -> Agent:
+    agent = Agent.objects.select_for_update().get(pk=agent.pk)
+    fields = [
+        "slo_success_rate",
+        "slo_p95_llm_seconds",
+        "slo_p95_tool_seconds",
+        "slo_cost_per_success",
+    ]
+    before = snapshot(agent, fields)
+    if not Decimal(0) <= success_rate <= Decimal(100):
+        raise ValidationError({"success_rate": "A success rate is between 0 and 100 %."})
+    if p95_llm_seconds <= 0 or p95_tool_seconds <= 0:
+        raise ValidationError({"p95_llm_seconds": "Latency targets must be positive."})
+    if cost_per_success is not None and cost_per_success < 0:
+        raise ValidationError({"cost_per_success": "A cost target cannot be negative."})
+    agent.slo_success_rate, agent.slo_p95_llm_seconds = success_rate, p95_llm_seconds
+    agent.slo_p95_tool_seconds, agent.slo_cost_per_success = p95_tool_seconds, cost_per_success
+    agent.save(update_fields=fields)
+    AgentEvent.objects.create(agent=agent, kind=AgentEvent.Kind.SLO, actor_label=actor.label)
+    audit_record(
+        actor=actor,
+        action="agent.slo_update",
+        obj=agent,
+        before=before,
+        after=snapshot(agent, fields),
+    )
+    publish_agent(agent)
+    return agent
+
+
+def tools_sync() -> int:
+    """Mirror the code's tool registry into the ``Tool`` table (new tools and changed
+    definitions). Returns how many rows changed. Not audited: it copies code, not a decision."""
+    from fleet.runtime import registry
+
+    changed = 0
+    for spec in registry.tools().values():
+        values = {
+            "description": spec.description,
+            "side_effect": spec.side_effect,
+            "risk": spec.risk,
+            "idempotent": spec.idempotent,
+            "timeout_seconds": spec.timeout,
+            "args_schema": spec.schema,
+            "compensation": spec.compensation,
+        }
+        tool = Tool.objects.filter(name=spec.name).first()
+        if tool is None:
+            Tool.objects.create(name=spec.name, **values)
+            changed += 1
+        elif any(getattr(tool, k) != v for k, v in values.items()):
+            Tool.objects.filter(pk=tool.pk).update(**values, updated_at=timezone.now())
+            changed += 1
+    return changed
+
+
+# --- Runs: creation and operator directives ---------------------------------------------------
+
+
+@transaction.atomic
+def run_create(
+    *,
+    actor: Actor,
+    agent: Agent,
+    input: dict[str, Any] | None = None,
+    input_summary: str = "",
+    idempotency_key: str = "",
+    external_ref: str = "",
+    managed: bool | None = None,
+) -> tuple[Run, bool]:
+    """Start a run (managed: queued for a worker) or register one running elsewhere (external).
+    Returns ``(run, created)``; the same idempotency key returns the run created the first time."""
+    idempotency_key = idempotency_key.strip()[:200]
+    if idempotency_key:
+        existing = Run.objects.filter(team=agent.team, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    agent = Agent.objects.select_for_update(of=("self",)).select_related("current_version", "team").get(pk=agent.pk)
+    if not agent.accepts_runs:
+        raise ValidationError(
+            f"{agent.name} is {agent.get_status_display().lower()}"
+            f"{': ' + agent.status_reason if agent.status_reason else ''}; it takes no new runs."
+        )
+    managed = agent.kind == AgentKind.MANAGED if managed is None else managed
+    if managed and agent.kind != AgentKind.MANAGED:
+        raise ValidationError(f"{agent.name} runs elsewhere (external); it cannot be started here.")
+    if managed and agent.current_version is None:
+        raise ValidationError(f"{agent.name} has no published version to run.")
+    if input is not None and not isinstance(input, dict):
+        raise ValidationError({"input": "The input is a JSON object."})
+    run = Run.objects.create(
+        team=agent.team,
+        agent=agent,
+        version=agent.current_version,
+        kind=RunKind.MANAGED if managed else RunKind.EXTERNAL,
+        status=RunStatus.QUEUED,
+        input=json_safe(input or {}),
+        input_summary=input_summary[:2000],
+        idempotency_key=idempotency_key,
+        external_ref=external_ref[:200],
+        created_by=actor.user_or_none,
+        created_by_label=actor.label,
+    )
+    _event(run, RunEvent.Kind.STATUS, actor, "created", to_status=run.status)
+    if not managed:
+        # An external agent is already running when it registers.
+        _save_transition(run, RunStatus.RUNNING, actor, "registered by the external agent")
+    if actor.type != ActorType.SYSTEM:
+        audit_record(actor=actor, action="run.create", obj=run, after={"agent": agent.slug, "kind": run.kind})
+    publish_run(run, "run.created")
+    if managed:
+        _enqueue(run)
+    return run, True
+
+
+def _enqueue(run: Run) -> None:
+    """Hand the run to a worker once the transaction commits. If the broker is unreachable the
+    run stays queued (or running, unleased) in the database and the sweeper enqueues it later."""
+    from fleet.tasks import run_execute
+
+    run_id = run.pk
+    transaction.on_commit(lambda: run_execute.delay(run_id), robust=True)
+
+
+def _locked(run: Run) -> Run:
+    return Run.objects.select_for_update(of=("self",)).select_related("agent", "team", "version").get(pk=run.pk)
+
+
+def _request_pause(run: Run, actor: Actor, reason: str) -> None:
+    """Pause at the next step boundary; at once if nothing of Cockpit's is executing it (a
+    queued run, or an external run, which reads the directive between its own steps)."""
+    if run.status == RunStatus.QUEUED or (run.kind == RunKind.EXTERNAL and run.status == RunStatus.RUNNING):
+        _save_transition(run, RunStatus.PAUSED, actor, reason)
+    else:
+        run.pause_requested = True
+        run.directive_reason = reason
+        run.updated_at = timezone.now()
+        run.save(update_fields=["pause_requested", "directive_reason", "updated_at"])
+        _event(run, RunEvent.Kind.DIRECTIVE, actor, reason, directive="pause")
+    publish_run(run)
+
+
+@transaction.atomic
+def run_pause(*, actor: Actor, run: Run, reason: str = "") -> Run:
+    run = _locked(run)
+    if run.status not in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.WAITING_APPROVAL):
+        raise ValidationError(f"This run is {run.get_status_display().lower()}; only an active run can be paused.")
+    if run.pause_requested:
+        raise ValidationError("A pause is already requested; it takes effect at the next step.")
+    reason = reason.strip() or f"paused by {actor.label}"
+    _request_pause(run, actor, reason)
+    audit_record(actor=actor, action="run.pause", obj=run, reason=reason)
+    _emit_operator_span(run, "pause", actor, reason)
+    return run
+
+
+@transaction.atomic
+def run_resume(*, actor: Actor, run: Run, reason: str = "") -> Run:
+    """Resume a paused run; withdraw a pause not yet honoured; and, while the interim approval
+    gate is in place, approve the action a waiting run asks for."""
+    from fleet import seams
+
+    run = _locked(run)
+    reason = reason.strip()
+    if run.status == RunStatus.PAUSED:
+        if not run.agent.accepts_runs:
+            raise ValidationError(
+                f"{run.agent.name} is {run.agent.status}: reactivate the agent before resuming its runs."
+            )
+        run.lease_owner, run.lease_expires_at = "", None
+        _save_transition(run, RunStatus.RUNNING, actor, reason or f"resumed by {actor.label}")
+        if run.kind == RunKind.MANAGED:
+            _enqueue(run)
+    elif run.pause_requested and run.status in (
+        RunStatus.RUNNING,
+        RunStatus.QUEUED,
+        RunStatus.WAITING_APPROVAL,
+    ):
+        run.pause_requested = False
+        run.directive_reason = ""
+        run.save(update_fields=["pause_requested", "directive_reason"])
+        _event(run, RunEvent.Kind.DIRECTIVE, actor, reason or "pause withdrawn", directive="continue")
+    elif run.status == RunStatus.WAITING_APPROVAL and getattr(seams.current.approval_gate, "resume_approves", True):
+        step = run.steps.filter(kind=StepKind.APPROVAL, status=StepStatus.WAITING).order_by("-seq").first()
+        if step is None:
+            raise ValidationError("This run waits for an approval that cannot be found.")
+        _decide_approval_step(run, step, actor, approved=True, reason=reason or "approved by resuming the run")
+        audit_record(
+            actor=actor,
+            action="approval.grant_by_resume",
+            obj=run,
+            reason=reason,
+            after={"step": step.seq, "action": step.input.get("action")},
+        )
+    else:
+        raise ValidationError(f"This run is {run.get_status_display().lower()}; there is nothing to resume.")
+    audit_record(actor=actor, action="run.resume", obj=run, reason=reason)
+    publish_run(run)
+    _emit_operator_span(run, "resume", actor, reason)
+    return run
+
+
+@transaction.atomic
+def run_cancel(*, actor: Actor, run: Run, reason: str) -> Run:
+    """Cancel a run. A running run stops at its next step; side effects with a compensating
+    tool are then undone in reverse order (by a worker), and the run ends as cancelled."""
+    from fleet import seams
+
+    run = _locked(run)
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the run is cancelled."})
+    if run.is_final:
+        raise ValidationError(f"This run has already {run.get_status_display().lower()}.")
+    if run.cancel_requested:
+        raise ValidationError("Cancellation is already under way.")
+    run.cancel_requested = True
+    run.directive_reason = reason
+    run.save(update_fields=["cancel_requested", "directive_reason"])
+    _event(run, RunEvent.Kind.DIRECTIVE, actor, reason, directive="cancel")
+    if run.status != RunStatus.RUNNING or run.kind == RunKind.EXTERNAL:
+        # Nothing of Cockpit's is executing it: finish here (an external agent reads "cancel"
+        # as its directive), unless side effects must be undone by a worker first.
+        waiting = run.steps.filter(kind=StepKind.APPROVAL, status=StepStatus.WAITING).first()
+        if waiting is not None:
+            seams.current.approval_gate.withdraw(run=run, step=waiting, reason=reason)
+        if run.kind == RunKind.MANAGED and pending_compensations(run):
+            _enqueue(run)
+        else:
+            _save_transition(run, RunStatus.CANCELLED, actor, reason)
+    audit_record(actor=actor, action="run.cancel", obj=run, reason=reason)
+    publish_run(run)
+    _emit_operator_span(run, "cancel", actor, reason)
+    return run
+
+
+OVERRIDABLE = ("model", "temperature", "max_steps", "budget", "input")
+
+
+@transaction.atomic
+def run_override(*, actor: Actor, run: Run, changes: dict[str, Any], reason: str = "") -> Run:
+    """Change the model, temperature, max steps, budget or input of a paused or waiting run;
+    the change applies from its next step. ``None`` removes an override."""
+    run = _locked(run)
+    if run.status not in (RunStatus.PAUSED, RunStatus.WAITING_APPROVAL):
+        raise ValidationError("Overrides apply to a paused or waiting run: pause it first.")
+    unknown = set(changes) - set(OVERRIDABLE)
+    if unknown:
+        raise ValidationError(f"Cannot override {', '.join(sorted(unknown))}.")
+    errors: dict[str, str] = {}
+    clean: dict[str, Any] = {}
+    for key, value in changes.items():
+        if value is None or value == "":
+            clean[key] = None
+            continue
+        if key == "model":
+            provider_name, model = split_model_ref(str(value))
+            if not model or not ModelProvider.objects.filter(name=provider_name, enabled=True).exists():
+                errors[key] = f'"{value}" is not "provider/model" with a known, enabled provider.'
+            clean[key] = str(value)
+        elif key == "temperature":
+            try:
+                clean[key] = float(value)
+            except (TypeError, ValueError):
+                errors[key] = "The temperature is a number."
+                continue
+            if not 0 <= clean[key] <= 2:
+                errors[key] = "The temperature is between 0 and 2."
+        elif key == "max_steps":
+            try:
+                clean[key] = int(value)
+            except (TypeError, ValueError):
+                errors[key] = "Max steps is a whole number."
+                continue
+            if clean[key] <= run.step_count:
+                errors[key] = f"The run has already taken {run.step_count} steps; allow more than that."
+        elif key == "budget":
+            try:
+                clean[key] = str(Decimal(str(value)))
+            except InvalidOperation:
+                errors[key] = "The budget is an amount in USD."
+                continue
+            if Decimal(clean[key]) <= 0:
+                errors[key] = "The budget must be more than zero."
+        elif key == "input":
+            if not isinstance(value, dict):
+                errors[key] = "The input is a JSON object."
+            clean[key] = value
+    if errors:
+        raise ValidationError(errors)
+    before = {k: run.overrides.get(k) for k in clean}
+    merged = {**run.overrides, **clean}
+    run.overrides = json_safe({k: v for k, v in merged.items() if v is not None})
+    run.save(update_fields=["overrides"])
+    _event(run, RunEvent.Kind.OVERRIDE, actor, reason, before=before, after=clean)
+    audit_record(actor=actor, action="run.override", obj=run, before=before, after=clean, reason=reason)
+    publish_run(run)
+    _emit_operator_span(run, "override", actor, reason, changes=clean)
+    return run
+
+
+def _emit_operator_span(run: Run, action: str, actor: Actor, reason: str, **data: Any) -> None:
+    from fleet import telemetry
+
+    event = run.events.order_by("-id").first()
+    if event is None:
+        return
+    attributes = {
+        "cockpit.operator.action": action,
+        "cockpit.operator.actor": actor.label,
+        "cockpit.reason": reason,
+    }
+    if data:
+        attributes["cockpit.operator.data"] = json.dumps(json_safe(data))
+    transaction.on_commit(lambda: telemetry.emit_event(run, event, f"operator {action}", attributes))
+
+
+# --- Approvals journaled as steps -------------------------------------------------------------
+
+
+def _decide_approval_step(
+    run: Run,
+    step: Step,
+    actor: Actor,
+    *,
+    approved: bool,
+    reason: str,
+    edited_args: dict[str, Any] | None = None,
+) -> None:
+    now = timezone.now()
+    step.status = StepStatus.SUCCEEDED if approved else StepStatus.FAILED
+    step.output = json_safe(
+        {
+            "approved": approved,
+            "decided_by": actor.label,
+            "reason": reason,
+            "edited_args": edited_args,
+        }
+    )
+    step.error = "" if approved else f"rejected by {actor.label}: {reason}"
+    step.ended_at = now
+    step.save(update_fields=["status", "output", "error", "ended_at"])
+    _event(
+        run,
+        RunEvent.Kind.APPROVAL,
+        actor,
+        reason,
+        step=step.seq,
+        approved=approved,
+        waited_seconds=round((now - step.started_at).total_seconds(), 1),
+    )
+    # The run continues (to execute the action, or to take its rejection path) unless a pause
+    # was asked for while it waited.
+    if run.pause_requested:
+        _save_transition(
+            run,
+            RunStatus.PAUSED,
+            actor,
+            run.directive_reason or "paused while waiting for approval",
+        )
+    else:
+        run.lease_owner, run.lease_expires_at = "", None
+        _save_transition(run, RunStatus.RUNNING, actor, "approved" if approved else "rejected")
+        _enqueue(run)
+    from fleet import telemetry
+
+    transaction.on_commit(lambda: telemetry.emit_step(run, step))
+
+
+@transaction.atomic
+def approval_step_decide(
+    *,
+    actor: Actor,
+    run: Run,
+    step_seq: int,
+    approved: bool,
+    reason: str = "",
+    edited_args: dict[str, Any] | None = None,
+) -> Run:
+    """Record the decision on the approval a run waits for, and let the run continue. Called by
+    the approvals app (and by tests); not audited here: the caller audits the decision."""
+    run = _locked(run)
+    step = Step.objects.select_for_update().get(run=run, seq=step_seq, kind=StepKind.APPROVAL)
+    if step.status != StepStatus.WAITING or run.status != RunStatus.WAITING_APPROVAL:
+        raise ValidationError("This approval has already been decided.")
+    _decide_approval_step(run, step, actor, approved=approved, reason=reason, edited_args=edited_args)
+    publish_run(run)
+    return run
+
+
+# --- The runtime's journal (system writes: run events, no audit rows) ------------------------
+
+RUNTIME = Actor.system("runtime")
+
+
+@transaction.atomic
+def run_claim(*, run_id: int, owner: str) -> Run | None:
+    """Take the run for execution (or for finishing a cancellation) if it is free to take:
+    queued, or running with no live lease. Returns ``None`` when it is not."""
+    run = (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("agent", "team", "version")
+        .filter(pk=run_id)
+        .first()
+    )
+    if run is None or run.kind != RunKind.MANAGED or run.is_final:
+        return None
+    now = timezone.now()
+    lease_free = (
+        not run.lease_owner
+        or run.lease_owner.startswith("requeued:")
+        or (run.lease_expires_at is not None and run.lease_expires_at < now)
+    )
+    if run.status == RunStatus.QUEUED:
+        if run.pause_requested:
+            _save_transition(run, RunStatus.PAUSED, RUNTIME, run.directive_reason or "paused before it started")
+            publish_run(run)
+            return None
+        _save_transition(run, RunStatus.RUNNING, RUNTIME, "picked up by a worker")
+    elif run.status == RunStatus.RUNNING:
+        if not lease_free:
+            return None
+        if run.lease_owner and not run.lease_owner.startswith("requeued:"):
+            _event(
+                run,
+                RunEvent.Kind.NOTE,
+                RUNTIME,
+                "the worker executing this run stopped answering; another worker carries on from the journal",
+            )
+    elif run.cancel_requested and lease_free:
+        pass  # paused or waiting: a worker only finishes the cancellation
+    else:
+        return None
+    run.lease_owner = owner
+    run.lease_expires_at = now + timedelta(seconds=lease_seconds())
+    run.executions += 1
+    run.save(update_fields=["lease_owner", "lease_expires_at", "executions"])
+    publish_run(run)
+    return run
+
+
+def _check_lease(run_id: int, owner: str) -> None:
+    now = timezone.now()
+    held = Run.objects.filter(pk=run_id, lease_owner=owner).update(
+        lease_expires_at=now + timedelta(seconds=lease_seconds()), updated_at=now
+    )
+    if held != 1:
+        raise LeaseLost
+
+
+@transaction.atomic
+def step_begin(
+    *,
+    run: Run,
+    owner: str,
+    seq: int,
+    kind: str,
+    name: str,
+    input: dict[str, Any],
+    existing: Step | None = None,
+) -> Step:
+    """Journal that a step is starting (before it has any effect). A step found already started
+    (its worker died mid-step) starts again with the same idempotency key.
+
+    This record need not survive a crash: the idempotency key is derived from (run, step), so a
+    step retried without it behaves the same. PostgreSQL may therefore skip waiting for the disk
+    (``synchronous_commit = off`` for this transaction only): the outcome of a step is always
+    written durably, and the write-ahead log keeps commits in order."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    _check_lease(run.pk, owner)
+    if existing is not None:
+        return existing
+    step = Step.objects.create(
+        run=run,
+        seq=seq,
+        kind=kind,
+        name=name[:160],
+        status=StepStatus.STARTED,
+        input=json_safe(input),
+        idempotency_key=f"{run.trace_id}:{seq}",
+    )
+    publish_run(run, "run.step", seq=seq)
+    return step
+
+
+@transaction.atomic
+def step_complete(
+    *,
+    run: Run,
+    owner: str,
+    step: Step,
+    status: str,
+    output: Any = None,
+    error: str = "",
+    provider: str = "",
+    model: str = "",
+    simulated: bool = False,
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+    cached_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    cost: Decimal | None = None,
+) -> Step:
+    step.status = status
+    step.output = json_safe(output)
+    step.error = error[:4000]
+    step.provider, step.model, step.simulated = provider, model, simulated
+    step.tokens_in, step.tokens_out = tokens_in, tokens_out
+    step.cached_tokens, step.reasoning_tokens = cached_tokens, reasoning_tokens
+    step.cost = cost
+    step.ended_at = timezone.now()
+    # One statement renews the lease (proving it is still ours) and adds up the run's totals.
+    held = Run.objects.filter(pk=run.pk, lease_owner=owner).update(
+        lease_expires_at=step.ended_at + timedelta(seconds=lease_seconds()),
+        updated_at=step.ended_at,
+        tokens_in=F("tokens_in") + tokens_in,
+        tokens_out=F("tokens_out") + tokens_out,
+        cost=F("cost") + (cost or Decimal(0)),
+        unpriced_steps=F("unpriced_steps") + (1 if cost is None and step.kind == StepKind.LLM else 0),
+        step_count=F("step_count") + 1,
+    )
+    if held != 1:
+        raise LeaseLost
+    step.save()
+    # The step's span is stored in the same transaction (one commit per step).
+    from fleet import telemetry
+
+    telemetry.emit_step(run, step)
+    publish_run(run, "run.step", seq=step.seq)
+    return step
+
+
+@transaction.atomic
+def step_record(*, run: Run, owner: str, seq: int, kind: str, name: str, input: dict[str, Any], output: Any) -> Step:
+    """Journal an instant step (a decision, a checkpoint) in one go: it has no effect to guard."""
+    step = Step(
+        run=run,
+        seq=seq,
+        kind=kind,
+        name=name[:160],
+        status=StepStatus.STARTED,
+        input=json_safe(input),
+        idempotency_key=f"{run.trace_id}:{seq}",
+        attempts=1,
+    )
+    step.save(force_insert=True)
+    return step_complete(run=run, owner=owner, step=step, status=StepStatus.SUCCEEDED, output=output)
+
+
+@transaction.atomic
+def step_wait(*, run: Run, owner: str, step: Step) -> Step:
+    """An approval step now waits for a decision."""
+    _check_lease(run.pk, owner)
+    step.status = StepStatus.WAITING
+    step.save(update_fields=["status"])
+    return step
+
+
+@transaction.atomic
+def step_note(*, step: Step, error: str) -> None:
+    """Record why an unfinished step could not go on (it is retried when the run resumes)."""
+    Step.objects.filter(pk=step.pk).update(error=error[:4000], attempts=step.attempts)
+    step.error = error
+
+
+@transaction.atomic
+def run_release(
+    *,
+    run: Run,
+    owner: str,
+    status: str | None = None,
+    reason: str = "",
+    requeue: bool = False,
+    result: Any = None,
+    error: str = "",
+) -> Run:
+    """The executor is done with the run for now: park it (paused / waiting for approval), end it
+    (succeeded / failed / cancelled), or hand it on to a fresh task (``requeue``)."""
+    locked = Run.objects.select_for_update(of=("self",)).select_related("agent", "team", "version").get(pk=run.pk)
+    if locked.lease_owner != owner:
+        raise LeaseLost
+    locked.lease_owner, locked.lease_expires_at = "", None
+    if result is not None:
+        locked.result = json_safe(result)
+    if error:
+        locked.error = error[:4000]
+    if status is not None and status != locked.status:
+        _save_transition(locked, status, RUNTIME, reason)
+    else:
+        locked.save()
+    if requeue:
+        _enqueue(locked)
+    publish_run(locked)
+    if locked.is_final:
+        from fleet import telemetry
+
+        transaction.on_commit(lambda: telemetry.emit_run(locked))
+    return locked
+
+
+def pending_compensations(run: Run) -> list[Step]:
+    """Succeeded side effects whose tool has a compensation that has not run yet, newest first."""
+    from fleet.runtime import registry
+
+    steps = list(run.steps.filter(kind=StepKind.TOOL).order_by("seq"))
+    done = {s.compensates for s in steps if s.compensates is not None and s.status == StepStatus.SUCCEEDED}
+    pending = []
+    for step in steps:
+        if step.status != StepStatus.SUCCEEDED or step.compensates is not None or step.seq in done:
+            continue
+        try:
+            spec = registry.get_tool(step.name)
+        except LookupError:
+            continue
+        if spec.side_effect and spec.compensation:
+            pending.append(step)
+    return list(reversed(pending))
+
+
+# --- External runs ----------------------------------------------------------------------------
+
+EXTERNAL_FINAL = {
+    "succeeded": RunStatus.SUCCEEDED,
+    "failed": RunStatus.FAILED,
+    "cancelled": RunStatus.CANCELLED,
+}
+
+
+@transaction.atomic
+def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
+    """An external agent reports a step it took, or how the run ended."""
+    run = _locked(run)
+    if run.kind != RunKind.EXTERNAL:
+        raise ValidationError("Only external runs report their own progress.")
+    if run.is_final:
+        raise ValidationError(f"This run has already {run.get_status_display().lower()}.")
+    kind = report.get("type")
+    if kind == "step":
+        step_kind = report.get("kind", StepKind.TOOL)
+        if step_kind not in StepKind.values:
+            raise ValidationError({"kind": f"A step kind is one of {', '.join(StepKind.values)}."})
+        status = report.get("status", StepStatus.SUCCEEDED)
+        if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.STARTED):
+            raise ValidationError({"status": "A step is started, succeeded or failed."})
+        seq = (run.steps.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
+        cost = report.get("cost")
+        now = timezone.now()
+        step = Step.objects.create(
+            run=run,
+            seq=seq,
+            kind=step_kind,
+            name=str(report.get("name", step_kind))[:160],
+            status=status,
+            input=json_safe(report.get("input") or {}),
+            output=json_safe(report.get("output")),
+            error=str(report.get("error", ""))[:4000],
+            model=str(report.get("model", ""))[:160],
+            tokens_in=int(report.get("tokens_in") or 0),
+            tokens_out=int(report.get("tokens_out") or 0),
+            cost=Decimal(str(cost)) if cost is not None else None,
+            idempotency_key=f"{run.trace_id}:{seq}",
+            started_at=now - timedelta(seconds=float(report.get("duration_seconds") or 0)),
+            ended_at=now,
+            attempts=1,
+        )
+        Run.objects.filter(pk=run.pk).update(
+            tokens_in=F("tokens_in") + step.tokens_in,
+            tokens_out=F("tokens_out") + step.tokens_out,
+            cost=F("cost") + (step.cost or Decimal(0)),
+            step_count=F("step_count") + 1,
+            updated_at=now,
+        )
+        publish_run(run, "run.step", seq=seq)
+        return run
+    if kind == "status":
+        status = EXTERNAL_FINAL.get(report.get("status", ""))
+        if status is None:
+            raise ValidationError({"status": "Report the end as succeeded, failed or cancelled."})
+        run.error = str(report.get("error", ""))[:4000]
+        if "result" in report:
+            run.result = json_safe(report["result"])
+        _save_transition(run, status, actor, str(report.get("reason", "reported by the agent")))
+        publish_run(run)
+        from fleet import telemetry
+
+        transaction.on_commit(lambda: telemetry.emit_run(run))
+        return run
+    raise ValidationError({"type": 'A report is {"type": "step", …} or {"type": "status", …}.'})
+
+
+# --- Sweeper ----------------------------------------------------------------------------------
+
+
+def runs_to_recover(*, now: Any = None, grace_seconds: int = 20, limit: int = 500) -> list[int]:
+    """Claim, for re-enqueueing, runs no worker is executing: running with an expired (or no)
+    lease, queued for too long, or cancelled while parked. Each is reserved (``requeued:``) so
+    that the next sweep does not enqueue it again before that lease runs out."""
+    from django.db.models import Q
+
+    now = now or timezone.now()
+    grace = now - timedelta(seconds=grace_seconds)
+    stale_lease = Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True, updated_at__lt=grace)
+    candidates = (
+        Run.objects.filter(kind=RunKind.MANAGED)
+        .filter(
+            Q(status=RunStatus.RUNNING) & stale_lease
+            | Q(status=RunStatus.QUEUED, created_at__lt=grace) & stale_lease
+            | Q(status__in=[RunStatus.PAUSED, RunStatus.WAITING_APPROVAL], cancel_requested=True) & stale_lease
+        )
+        .values_list("pk", "lease_owner", "lease_expires_at")[:limit]
+    )
+    reserved = []
+    for pk, owner, expires in candidates:
+        updated = Run.objects.filter(pk=pk, lease_owner=owner, lease_expires_at=expires).update(
+            lease_owner=f"requeued:{now.isoformat()}",
+            lease_expires_at=now + timedelta(seconds=lease_seconds()),
+        )
+        if updated:
+            reserved.append(pk)
+    return reserved
+
+
+@transaction.atomic
+def compensation_begin(*, run: Run, owner: str, seq: int, tool: str, original: Step) -> Step:
+    """Journal the undoing of ``original`` (a compensation step) before it happens."""
+    _check_lease(run.pk, owner)
+    step = Step.objects.create(
+        run=run,
+        seq=seq,
+        kind=StepKind.TOOL,
+        name=tool[:160],
+        status=StepStatus.STARTED,
+        input=json_safe({"undo": original.seq, "args": original.input, "result": original.output}),
+        idempotency_key=f"{run.trace_id}:{seq}",
+        compensates=original.seq,
+    )
+    publish_run(run, "run.step", seq=seq)
+    return step

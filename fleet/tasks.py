@@ -1,0 +1,42 @@
+"""Fleet tasks: thin, idempotent wrappers around the runtime and services."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True, ignore_result=True, soft_time_limit=None)
+def run_execute(run_id: int) -> str:
+    """Execute (or resume, or finish cancelling) a managed run. Safe to deliver twice: only one
+    worker can hold the run's lease, and completed steps are replayed, not repeated."""
+    from fleet.runtime import executor
+
+    return executor.execute(run_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def run_sweep() -> int:
+    """Re-enqueue runs no worker is executing (their worker died, or their message was lost)."""
+    from fleet.services import runs_to_recover
+
+    recovered = runs_to_recover()
+    for run_id in recovered:
+        run_execute.delay(run_id)
+    if recovered:
+        logger.warning("re-enqueued %d orphaned run(s): %s", len(recovered), recovered)
+    return len(recovered)
+
+
+@shared_task(ignore_result=True)
+def demo_start_runs() -> int:
+    """The demo keeps its agents busy (only when COCKPIT_DEMO is set)."""
+    if not settings.COCKPIT_DEMO or not settings.COCKPIT["DEMO_RUN_INTERVAL_SECONDS"]:
+        return 0
+    from fleet.demo import start_random_run
+
+    return 1 if start_random_run() else 0
