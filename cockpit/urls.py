@@ -10,7 +10,8 @@ from cockpit import views
 from cockpit.api import api
 
 # Each app mounts its REST router here; apps never import one another's APIs.
-# (Routers are added as later features land.)
+api.add_router("/", "fleet.api.router")
+api.add_router("/", "fleet.api.agents_router")
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
@@ -20,9 +21,7 @@ urlpatterns = [
     path("settings/api-keys/<int:pk>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("settings/teams/", views.teams, name="teams"),
     path("settings/teams/<slug:slug>/grant/", views.membership_grant, name="membership-grant"),
-    path(
-        "settings/memberships/<int:pk>/revoke/", views.membership_revoke, name="membership-revoke"
-    ),
+    path("settings/memberships/<int:pk>/revoke/", views.membership_revoke, name="membership-revoke"),
     path("system/", views.system, name="system"),
     path("healthz", views.healthz, name="healthz"),
     path(
@@ -32,7 +31,7 @@ urlpatterns = [
     ),
     path("account/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/password/", views.password_change, name="password-change"),
-    path("runs/", include("fleet.urls")),
+    path("fleet/", include("fleet.urls")),
     path("approvals/", include("approvals.urls")),
     path("traces/", include("traces.urls")),
     path("finops/", include("finops.urls")),
