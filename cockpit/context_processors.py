@@ -8,8 +8,12 @@ from cockpit import access, live, selectors
 
 # (label, url name, the url names or namespaces that mark it active)
 NAV = [
-    ("Fleet", "fleet-overview", {"fleet-overview", "fleet"}),
-    ("Runs", "runs", {"runs"}),
+    (
+        "Fleet",
+        "fleet-overview",
+        {"fleet-overview", "agents", "agent-detail", "agent-status", "agent-version-diff"},
+    ),
+    ("Runs", "runs", {"runs", "run-detail", "run-cancel"}),
     ("Approvals", "approvals", {"approvals"}),
     ("Traces", "traces", {"traces"}),
     ("FinOps", "finops", {"finops"}),
@@ -29,10 +33,7 @@ def cockpit(request: HttpRequest) -> dict[str, Any]:
     if user_access.is_org_wide and team is None:
         topics.append(live.ORG_TOPIC)
     return {
-        "nav": [
-            {"label": label, "url_name": name, "active": bool(here & marks)}
-            for label, name, marks in NAV
-        ],
+        "nav": [{"label": label, "url_name": name, "active": bool(here & marks)} for label, name, marks in NAV],
         "switch_teams": teams,
         "current_team": team,
         "live_topics": ",".join(topics),

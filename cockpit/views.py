@@ -24,6 +24,7 @@ from cockpit.audit import Actor
 from cockpit.forms import ApiKeyCreateForm, AuditFilterForm, MembershipGrantForm, RevokeForm
 from cockpit.models import Membership
 from cockpit.roles import TeamPerm
+from fleet import selectors as fleet_selectors
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -33,13 +34,22 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
+# The overview's live fragments, by element id (htmx sends it as HX-Target) → partial.
+OVERVIEW_FRAGMENTS = {"fleet-counters": "counters", "fleet-tiles": "tiles"}
+
+
 @login_required
 @require_GET
 def fleet_overview(request: HtmxHttpRequest) -> HttpResponse:
     team = selectors.current_team(request)
-    context = {"counters": selectors.platform_counters(request.user, team), "team": team}
-    if request.htmx:
-        return render(request, "cockpit/fleet_overview.html#counters", context)
+    fragment = OVERVIEW_FRAGMENTS.get(request.htmx.target or "") if request.htmx else None
+    context: dict[str, Any] = {"team": team}
+    if fragment in (None, "counters"):
+        context["counters"] = selectors.platform_counters(request.user, team)
+    if fragment in (None, "tiles"):
+        context["tiles"] = fleet_selectors.agent_tiles(request.user, team=team)
+    if fragment:
+        return render(request, f"cockpit/fleet_overview.html#{fragment}", context)
     return render(request, "cockpit/fleet_overview.html", context)
 
 
@@ -53,9 +63,7 @@ def team_switch(request: HttpRequest) -> HttpResponse:
     else:
         request.session.pop(selectors.SESSION_TEAM_KEY, None)
     target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(
-        target, {request.get_host()}, require_https=request.is_secure()
-    ):
+    if not url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure()):
         target = reverse("fleet-overview")
     return redirect(target)
 
@@ -168,9 +176,7 @@ def teams(request: HttpRequest) -> HttpResponse:
         }
         for team in visible
     ]
-    return render(
-        request, "cockpit/teams.html", {"rows": rows, "grant_form": MembershipGrantForm()}
-    )
+    return render(request, "cockpit/teams.html", {"rows": rows, "grant_form": MembershipGrantForm()})
 
 
 @login_required
@@ -188,9 +194,7 @@ def membership_grant(request: HttpRequest, slug: str) -> HttpResponse:
         team=team,
         role=form.cleaned_data["role"],
     )
-    messages.success(
-        request, f"{form.cleaned_data['username']} is now {form.cleaned_data['role']} of {team}."
-    )
+    messages.success(request, f"{form.cleaned_data['username']} is now {form.cleaned_data['role']} of {team}.")
     return redirect("teams")
 
 
@@ -200,9 +204,7 @@ def membership_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     membership = get_object_or_404(Membership.objects.select_related("team", "user"), pk=pk)
     access.get_team_for_user(request.user, membership.team.slug, TeamPerm.MANAGE)
     services.membership_revoke(actor=Actor.from_request(request), membership=membership)
-    messages.success(
-        request, f"{membership.user} is no longer {membership.role} of {membership.team}."
-    )
+    messages.success(request, f"{membership.user} is no longer {membership.role} of {membership.team}.")
     return redirect("teams")
 
 

@@ -100,6 +100,11 @@
       s.timer = null;
       var el = document.getElementById(id);
       if (!el || !window.htmx) return;
+      if (isEditing(el)) {
+        // Never re-render a form under someone's fingers: refresh once they leave it.
+        el.addEventListener("focusout", function () { queueRefresh(id); }, { once: true });
+        return;
+      }
       s.inflight = true;
       var finished = false;
       // Listen on the element itself: after an outerHTML swap it is detached, and its events
@@ -115,6 +120,11 @@
       setTimeout(done, 10000);
       window.htmx.trigger(el, "live");
     }, coalesceMs);
+  }
+
+  function isEditing(el) {
+    var active = document.activeElement;
+    return !!active && el.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName);
   }
 
   function refreshAll() {
