@@ -8,13 +8,17 @@ from django.db import connection
 from cockpit.celery import app as celery_app
 from cockpit.models import Team
 from cockpit.roles import Role
+from cockpit.telemetry import configure_tracing
 from tests.factories import PASSWORD, TeamFactory, UserFactory
 from tests.support import processes
+
+pytest_plugins = ["tests.support.provider_servers"]
 
 # Unit tests of services run tasks in-process; tests that cross processes start real workers
 # (see tests/support/processes.py) and switch this off.
 celery_app.conf.task_always_eager = True
 celery_app.conf.task_eager_propagates = True
+configure_tracing("cockpit-tests")
 
 
 @pytest.fixture
@@ -64,9 +68,10 @@ def eager_off() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def worker_process(django_db_setup, django_db_blocker) -> Iterator[processes.Process]:  # noqa: ANN001
-    """A real Celery worker on the test database, shared by the session's tests."""
+    """A real Celery worker on the test database, shared by the session's tests. It leaves the
+    runs queue alone: tests of the runtime start (and kill) run workers of their own."""
     with django_db_blocker.unblock():
-        worker = processes.start_worker()
+        worker = processes.start_worker(queues="default,escalations,ingest,rollups,maintenance")
     yield worker
     worker.stop()
 

@@ -44,9 +44,7 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.LazyFunction(password_hash)
 
     @factory.post_generation
-    def roles(
-        self, create: bool, extracted: list[tuple[Team, str]] | None, **kwargs: object
-    ) -> None:
+    def roles(self, create: bool, extracted: list[tuple[Team, str]] | None, **kwargs: object) -> None:
         """``UserFactory(roles=[(team, "operator"), ...])`` grants roles through the service."""
         from cockpit.services import membership_grant
 

@@ -23,9 +23,7 @@ def main(argv: list[str]) -> int:
     import tests.bench as package
 
     names = sorted(
-        m.name
-        for m in pkgutil.iter_modules([str(Path(package.__file__).parent)])
-        if m.name.startswith("bench_")
+        m.name for m in pkgutil.iter_modules([str(Path(package.__file__).parent)]) if m.name.startswith("bench_")
     )
     wanted = [n for n in names if not argv or any(a in n for a in argv)]
     if not wanted:

@@ -55,9 +55,7 @@ def run() -> list[str]:
                 assert json.loads(await ws.recv())["topics"] == [f"team.{team.pk}"]
                 for i in range(EVENTS + 20):
                     probe = uuid.uuid4().hex
-                    await sync_to_async(live_probe.delay)(
-                        probe=probe, sent_at=time.time(), team_id=team.pk
-                    )
+                    await sync_to_async(live_probe.delay)(probe=probe, sent_at=time.time(), team_id=team.pk)
                     while True:
                         event = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
                         if event.get("probe") == probe:

@@ -24,11 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 if os.environ.get("COCKPIT_REQUIRE_BROWSER"):
                     pass  # the browser fixture fails these loudly
                 else:
-                    item.add_marker(
-                        pytest.mark.skip(
-                            reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-                        )
-                    )
+                    item.add_marker(pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"))
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +61,7 @@ def page(browser, web_process) -> Iterator[object]:  # noqa: ANN001
     page.set_default_timeout(15_000)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on(
-        "console", lambda message: errors.append(message.text) if message.type == "error" else None
-    )
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     yield page
     context.close()
     assert not errors, f"the page reported errors: {errors}"

@@ -14,9 +14,7 @@ from tests.support import processes
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_counter_changes_live_when_an_event_is_published_elsewhere(
-    page, make_user, team, password
-) -> None:
+def test_counter_changes_live_when_an_event_is_published_elsewhere(page, make_user, team, password) -> None:
     make_user(Role.ADMIN, team, username="olga")
     sign_in(page, "olga", password)
 
@@ -34,9 +32,7 @@ def test_counter_changes_live_when_an_event_is_published_elsewhere(
     assert page.evaluate("window.__marker") == "same page"
 
 
-def test_page_shows_reconnecting_and_catches_up_after_a_web_restart(
-    browser, make_user, team, password
-) -> None:
+def test_page_shows_reconnecting_and_catches_up_after_a_web_restart(browser, make_user, team, password) -> None:
     """The web process restarts: the indicator says "Reconnecting…"; an event published
     meanwhile is missed, yet once the page reconnects every live fragment is re-fetched and
     the page is right again."""

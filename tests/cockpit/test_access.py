@@ -18,9 +18,7 @@ ACTOR = Actor.system("tests")
 
 
 @pytest.mark.parametrize("role", Role.values)
-def test_a_team_role_grants_exactly_its_permissions_in_that_team_only(
-    role, make_user, team, other_team
-) -> None:
+def test_a_team_role_grants_exactly_its_permissions_in_that_team_only(role, make_user, team, other_team) -> None:
     user = make_user(role, team)
     for perm in TeamPerm.values:
         assert access.has_team_perm(user, perm, team) is (perm in ROLE_PERMISSIONS[role]), perm
@@ -61,9 +59,7 @@ def test_inactive_users_hold_nothing(make_user, team) -> None:
     assert not access.has_team_perm(user, TeamPerm.VIEW, team)
 
 
-def test_access_is_computed_with_a_constant_number_of_queries(
-    make_user, team, django_assert_max_num_queries
-) -> None:
+def test_access_is_computed_with_a_constant_number_of_queries(make_user, team, django_assert_max_num_queries) -> None:
     user = make_user(Role.VIEWER, team)
     for n in range(20):
         membership_grant(

@@ -22,17 +22,13 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def test_create_stores_only_a_hash_and_a_visible_prefix(team) -> None:
-    api_key, raw = api_key_create(
-        actor=ACTOR, team=team, name="collector", scopes=["ingest", "read"]
-    )
+    api_key, raw = api_key_create(actor=ACTOR, team=team, name="collector", scopes=["ingest", "read"])
     assert raw.startswith(f"ck_{api_key.prefix}_")
     assert raw not in api_key.secret_hash and len(api_key.secret_hash) == 64
     assert api_key.display_prefix == raw[:11]
     stored = ApiKey.objects.get(pk=api_key.pk)
     assert raw not in str(stored.__dict__)
-    assert AuditEvent.objects.filter(
-        action="api_key.create", object_id=str(api_key.pk), team=team
-    ).exists()
+    assert AuditEvent.objects.filter(action="api_key.create", object_id=str(api_key.pk), team=team).exists()
 
 
 @pytest.mark.parametrize(

@@ -55,9 +55,7 @@ def test_actor_and_address_are_recorded(team, admin_user) -> None:
 
 def test_verify_names_the_first_changed_row(team) -> None:
     events = make_events(team)
-    raw_sql(
-        "UPDATE cockpit_auditevent SET reason = %s WHERE id = %s", ["nothing to see", events[2].pk]
-    )
+    raw_sql("UPDATE cockpit_auditevent SET reason = %s WHERE id = %s", ["nothing to see", events[2].pk])
     report = audit_verify()
     assert not report.intact
     assert report.broken_at == events[2].pk
@@ -91,9 +89,7 @@ def test_audit_verify_command_output_and_exit_status(team) -> None:
     out = StringIO()
     call_command("audit_verify", stdout=out)
     assert out.getvalue().startswith("intact: 3 events")
-    raw_sql(
-        "UPDATE cockpit_auditevent SET action = %s WHERE id = %s", ["team.delete", events[0].pk]
-    )
+    raw_sql("UPDATE cockpit_auditevent SET action = %s WHERE id = %s", ["team.delete", events[0].pk])
     err = StringIO()
     with pytest.raises(SystemExit) as exit_info:
         call_command("audit_verify", stdout=StringIO(), stderr=err)
@@ -128,9 +124,7 @@ def test_postgres_rejects_update_and_delete(team) -> None:
         "DELETE FROM cockpit_auditevent WHERE id = %s",
     ):
         with (
-            pytest.raises(
-                DatabaseError, match="Cannot update or delete rows from cockpit_auditevent"
-            ),
+            pytest.raises(DatabaseError, match="Cannot update or delete rows from cockpit_auditevent"),
             transaction.atomic(),
             connection.cursor() as cursor,
         ):

@@ -65,9 +65,7 @@ def test_create_api_key_stdout_is_clean_in_a_real_process(tmp_path) -> None:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'c.sqlite3'}",
         "REDIS_URL": f"unix://{tmp_path}/none.sock",
     }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env, check=True
-    )
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env, check=True)
     subprocess.run(
         [
             sys.executable,

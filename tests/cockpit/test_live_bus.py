@@ -34,9 +34,7 @@ async def test_anonymous_connections_are_closed() -> None:
 
 
 async def test_foreign_origin_is_refused(viewer_cookie, team) -> None:
-    communicator, connected, _ = await connect(
-        viewer_cookie, [f"team.{team.pk}"], origin="https://evil.example"
-    )
+    communicator, connected, _ = await connect(viewer_cookie, [f"team.{team.pk}"], origin="https://evil.example")
     assert not connected
 
 
@@ -56,9 +54,7 @@ async def test_only_permitted_topics_are_joined(viewer_cookie, team, other_team)
 async def test_subscribe_later_passes_the_same_check(viewer_cookie, team, other_team) -> None:
     communicator, _, _ = await connect(viewer_cookie, [])
     await communicator.receive_json_from(timeout=5)
-    await communicator.send_json_to(
-        {"action": "subscribe", "topics": [f"team.{other_team.pk}", f"team.{team.pk}"]}
-    )
+    await communicator.send_json_to({"action": "subscribe", "topics": [f"team.{other_team.pk}", f"team.{team.pk}"]})
     assert await communicator.receive_json_from(timeout=5) == {
         "type": "subscribed",
         "topics": [f"team.{team.pk}"],

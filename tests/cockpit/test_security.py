@@ -11,11 +11,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_pages_require_sign_in(client) -> None:
-    for url in ("/", "/audit/", "/runs/", "/settings/api-keys/", "/system/"):
+    for url in ("/", "/audit/", "/fleet/runs/", "/fleet/agents/", "/settings/api-keys/", "/system/"):
         response = client.get(url)
-        assert response.status_code == 302 and response["Location"].startswith("/account/login/"), (
-            url
-        )
+        assert response.status_code == 302 and response["Location"].startswith("/account/login/"), url
 
 
 def test_csp_forbids_inline_script_and_foreign_assets(client) -> None:
@@ -40,38 +38,26 @@ def test_pages_carry_no_inline_script(client, admin_user) -> None:
 
 def test_sign_in_works_and_is_audited(client, make_user, team, password) -> None:
     user = make_user("viewer", team, username="vera")
-    response = client.post(
-        reverse("login"), {"username": "vera", "password": password}, REMOTE_ADDR="198.51.100.7"
-    )
+    response = client.post(reverse("login"), {"username": "vera", "password": password}, REMOTE_ADDR="198.51.100.7")
     assert response.status_code == 302 and response["Location"] == "/"
     event = AuditEvent.objects.get(action="user.login", object_id=str(user.pk))
     assert event.ip == "198.51.100.7"
 
 
-def test_sign_in_is_locked_after_repeated_failures(
-    client, make_user, team, password, settings
-) -> None:
+def test_sign_in_is_locked_after_repeated_failures(client, make_user, team, password, settings) -> None:
     make_user("viewer", team, username="vera")
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
-        response = client.post(
-            reverse("login"), {"username": "vera", "password": "wrong"}, REMOTE_ADDR="198.51.100.7"
-        )
+        response = client.post(reverse("login"), {"username": "vera", "password": "wrong"}, REMOTE_ADDR="198.51.100.7")
         assert response.status_code == 200
         assert "Please enter a correct username and password" in response.content.decode()
-    locked = client.post(
-        reverse("login"), {"username": "vera", "password": "wrong"}, REMOTE_ADDR="198.51.100.7"
-    )
+    locked = client.post(reverse("login"), {"username": "vera", "password": "wrong"}, REMOTE_ADDR="198.51.100.7")
     assert locked.status_code == 429
     assert "Too many failed sign-ins" in locked.content.decode()
     # Even the right password is refused while locked …
-    still = client.post(
-        reverse("login"), {"username": "vera", "password": password}, REMOTE_ADDR="198.51.100.7"
-    )
+    still = client.post(reverse("login"), {"username": "vera", "password": password}, REMOTE_ADDR="198.51.100.7")
     assert still.status_code == 429
     # … from that address; the same account from elsewhere is not locked out.
-    elsewhere = client.post(
-        reverse("login"), {"username": "vera", "password": password}, REMOTE_ADDR="192.0.2.44"
-    )
+    elsewhere = client.post(reverse("login"), {"username": "vera", "password": password}, REMOTE_ADDR="192.0.2.44")
     assert elsewhere.status_code == 302
 
 
@@ -104,9 +90,7 @@ def test_password_change_checks_the_old_one_and_is_audited(client, admin_user, p
     )
     assert good.status_code == 302
     assert client.get("/").status_code == 200  # still signed in
-    assert AuditEvent.objects.filter(
-        action="user.password_change", object_id=str(admin_user.pk)
-    ).exists()
+    assert AuditEvent.objects.filter(action="user.password_change", object_id=str(admin_user.pk)).exists()
 
 
 def test_healthz_answers_without_details(client) -> None:

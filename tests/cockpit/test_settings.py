@@ -47,9 +47,7 @@ def test_env_list_splits_and_drops_blanks() -> None:
 
 
 def test_database_url_postgres_and_sqlite() -> None:
-    pg = env_database(
-        "DATABASE_URL", "", environ={"DATABASE_URL": "postgres://u:p@db.internal:6432/cockpit"}
-    )
+    pg = env_database("DATABASE_URL", "", environ={"DATABASE_URL": "postgres://u:p@db.internal:6432/cockpit"})
     assert (pg["ENGINE"], pg["HOST"], pg["PORT"], pg["NAME"], pg["USER"]) == (
         "django.db.backends.postgresql",
         "db.internal",
@@ -126,9 +124,7 @@ def test_a_typo_in_a_boolean_stops_start_up() -> None:
 
 
 def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
-    env = {
-        k: v for k, v in os.environ.items() if k not in {"COCKPIT_HTTPS", "COCKPIT_STATIC", "DEBUG"}
-    } | {
+    env = {k: v for k, v in os.environ.items() if k not in {"COCKPIT_HTTPS", "COCKPIT_STATIC", "DEBUG"}} | {
         "DEBUG": "false",
         "SECRET_KEY": "p" * 20 + "-production-secret-that-is-long-and-random-9f8e7d6c5b4a",
         "ALLOWED_HOSTS": "cockpit.example.com",
@@ -155,9 +151,7 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
 def test_check_deploy_flags_missing_smtp(tmp_path: Path) -> None:
     """Without EMAIL_HOST mail goes to files: fine for the demo, an error for production."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"COCKPIT_HTTPS", "COCKPIT_STATIC", "DEBUG", "EMAIL_HOST"}
+        k: v for k, v in os.environ.items() if k not in {"COCKPIT_HTTPS", "COCKPIT_STATIC", "DEBUG", "EMAIL_HOST"}
     } | {
         "DEBUG": "false",
         "SECRET_KEY": "s" * 64,

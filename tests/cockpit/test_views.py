@@ -34,33 +34,30 @@ def test_fleet_counters_fragment_for_htmx(client, admin_user) -> None:
     assert "<html" not in html
 
 
+def test_counters_fragment_skips_the_agent_tiles(client, admin_user) -> None:
+    client.force_login(admin_user)
+    response = client.get("/", HTTP_HX_REQUEST="true", HTTP_HX_TARGET="fleet-counters")
+    assert "counters" in response.context and "tiles" not in response.context
+    assert 'id="fleet-tiles"' not in response.content.decode()
+
+
 def test_body_subscribes_to_the_users_teams_only(client, make_user, team, other_team) -> None:
     client.force_login(make_user(Role.OPERATOR, team))
     html = client.get("/").content.decode()
     assert f'data-live-topics="team.{team.pk}"' in html
 
 
-def test_team_switch_scopes_pages_and_refuses_invisible_teams(
-    client, make_user, team, other_team
-) -> None:
+def test_team_switch_scopes_pages_and_refuses_invisible_teams(client, make_user, team, other_team) -> None:
     user = make_user(Role.OPERATOR, team)
     from cockpit.services import membership_grant
 
     membership_grant(actor=ACTOR, user=user, team=other_team, role=Role.VIEWER)
     client.force_login(user)
     assert client.get("/").context["counters"]["teams"] == 2
-    assert (
-        client.post(reverse("team-switch"), {"team": "beta", "next": "/audit/"})["Location"]
-        == "/audit/"
-    )
+    assert client.post(reverse("team-switch"), {"team": "beta", "next": "/audit/"})["Location"] == "/audit/"
     assert client.get("/").context["counters"]["teams"] == 1
     assert client.post(reverse("team-switch"), {"team": "nope"}).status_code == 404
-    assert (
-        client.post(reverse("team-switch"), {"team": "", "next": "https://evil.example/"})[
-            "Location"
-        ]
-        == "/"
-    )
+    assert client.post(reverse("team-switch"), {"team": "", "next": "https://evil.example/"})["Location"] == "/"
 
 
 # --- API keys page -----------------------------------------------------------------------------
@@ -68,9 +65,7 @@ def test_team_switch_scopes_pages_and_refuses_invisible_teams(
 
 def test_admin_creates_a_key_and_sees_it_once(client, admin_user, team) -> None:
     client.force_login(admin_user)
-    response = client.post(
-        reverse("api-keys"), {"team": "alpha", "name": "collector", "scopes": ["ingest", "read"]}
-    )
+    response = client.post(reverse("api-keys"), {"team": "alpha", "name": "collector", "scopes": ["ingest", "read"]})
     assert response.status_code == 201
     raw = re.search(r'<code id="new-key">(ck_[^<]+)</code>', response.content.decode()).group(1)
     assert ApiKey.objects.get(name="collector").secret_hash == ApiKey.hash_secret(raw)
@@ -85,13 +80,9 @@ def test_invalid_key_form_shows_errors_and_creates_nothing(client, admin_user) -
     assert not ApiKey.objects.exists()
 
 
-def test_admin_cannot_create_keys_for_a_team_they_do_not_manage(
-    client, admin_user, other_team
-) -> None:
+def test_admin_cannot_create_keys_for_a_team_they_do_not_manage(client, admin_user, other_team) -> None:
     client.force_login(admin_user)
-    response = client.post(
-        reverse("api-keys"), {"team": "beta", "name": "sneaky", "scopes": ["read"]}
-    )
+    response = client.post(reverse("api-keys"), {"team": "beta", "name": "sneaky", "scopes": ["read"]})
     assert response.status_code == 400
     assert not ApiKey.objects.filter(team=other_team).exists()
 
@@ -132,16 +123,12 @@ def test_key_page_is_for_team_admins(client, make_user, team) -> None:
         (Role.ADMIN, 200),
     ],
 )
-def test_audit_page_is_for_admins_operators_and_finance(
-    client, make_user, team, role, status
-) -> None:
+def test_audit_page_is_for_admins_operators_and_finance(client, make_user, team, role, status) -> None:
     client.force_login(make_user(role, team))
     assert client.get(reverse("audit")).status_code == status
 
 
-def test_audit_page_lists_only_the_users_teams_and_filters(
-    client, make_user, team, other_team
-) -> None:
+def test_audit_page_lists_only_the_users_teams_and_filters(client, make_user, team, other_team) -> None:
     api_key_create(actor=ACTOR, team=team, name="ours", scopes=["read"])
     api_key_create(actor=ACTOR, team=other_team, name="theirs", scopes=["read"])
     client.force_login(make_user(Role.OPERATOR, team))
@@ -154,9 +141,7 @@ def test_audit_page_lists_only_the_users_teams_and_filters(
 
 def test_audit_page_rejects_bad_filters_clearly(client, admin_user) -> None:
     client.force_login(admin_user)
-    response = client.get(
-        reverse("audit"), {"since": "2026-02-01T00:00", "until": "2026-01-01T00:00"}
-    )
+    response = client.get(reverse("audit"), {"since": "2026-02-01T00:00", "until": "2026-01-01T00:00"})
     assert response.status_code == 200
     assert "&#x27;From&#x27; must be before &#x27;to&#x27;." in response.content.decode()
 
@@ -178,24 +163,17 @@ def test_audit_page_query_count_does_not_grow_with_rows(
 def test_team_admin_grants_and_revokes_roles(client, admin_user, make_user, team) -> None:
     bob = make_user(username="bob")
     client.force_login(admin_user)
-    response = client.post(
-        reverse("membership-grant", args=["alpha"]), {"username": "bob", "role": "approver"}
-    )
+    response = client.post(reverse("membership-grant", args=["alpha"]), {"username": "bob", "role": "approver"})
     assert response.status_code == 302
     membership = Membership.objects.get(user=bob, team=team, role="approver")
     client.post(reverse("membership-revoke", args=[membership.pk]))
     assert not Membership.objects.filter(pk=membership.pk).exists()
-    assert (
-        AuditEvent.objects.filter(action__startswith="membership.", actor_user=admin_user).count()
-        == 2
-    )
+    assert AuditEvent.objects.filter(action__startswith="membership.", actor_user=admin_user).count() == 2
 
 
 def test_granting_to_an_unknown_user_changes_nothing(client, admin_user) -> None:
     client.force_login(admin_user)
-    client.post(
-        reverse("membership-grant", args=["alpha"]), {"username": "ghost", "role": "viewer"}
-    )
+    client.post(reverse("membership-grant", args=["alpha"]), {"username": "ghost", "role": "viewer"})
     assert not Membership.objects.filter(user__username="ghost").exists()
 
 
@@ -204,9 +182,7 @@ def test_only_admins_change_roles(client, make_user, team, role) -> None:
     client.force_login(make_user(role, team))
     bob = make_user(username="bob")
     assert (
-        client.post(
-            reverse("membership-grant", args=["alpha"]), {"username": "bob", "role": "admin"}
-        ).status_code
+        client.post(reverse("membership-grant", args=["alpha"]), {"username": "bob", "role": "admin"}).status_code
         == 403
     )
     assert not Membership.objects.filter(user=bob).exists()

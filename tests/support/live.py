@@ -25,8 +25,6 @@ async def connect(
     headers = [(b"origin", origin.encode()), (b"host", b"testserver")]
     if cookie:
         headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
-    communicator = WebsocketCommunicator(
-        application, f"/ws/live/?topics={','.join(topics)}", headers=headers
-    )
+    communicator = WebsocketCommunicator(application, f"/ws/live/?topics={','.join(topics)}", headers=headers)
     connected, detail = await communicator.connect(timeout=5)
     return communicator, connected, detail

@@ -51,9 +51,7 @@ class Case:
         return {OK: ok, FORBIDDEN: forbidden, HIDDEN: hidden}[self.outcome]
 
 
-def matrix(
-    *, allowed: set[str], org: bool = False, other: str = HIDDEN, no_role: str = HIDDEN
-) -> list[Case]:
+def matrix(*, allowed: set[str], org: bool = False, other: str = HIDDEN, no_role: str = HIDDEN) -> list[Case]:
     """Every role in the object's team (ok if in ``allowed``, else forbidden), every role in
     another team (``other``), optionally every role organisation-wide, and a user with none."""
     cases = [Case(role, "own", OK if role in allowed else FORBIDDEN) for role in Role.values]

@@ -86,9 +86,7 @@ class Process:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early:\n{self.output()[-3000:]}")
             time.sleep(0.1)
-        raise TimeoutError(
-            f"{self.name} did not print {text!r} within {timeout}s:\n{self.output()[-3000:]}"
-        )
+        raise TimeoutError(f"{self.name} did not print {text!r} within {timeout}s:\n{self.output()[-3000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the whole process group (a worker and its pool children) without warning."""
@@ -114,6 +112,7 @@ def start_worker(
     concurrency: int = 2,
     queues: str | None = None,
     extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Process:
     queues = queues or "default,runs,escalations,ingest,rollups,maintenance"
     command = [
@@ -135,7 +134,7 @@ def start_worker(
         "--without-mingle",
         *(extra or []),
     ]
-    worker = Process(name, command)
+    worker = Process(name, command, env)
     worker.wait_for_output(" ready.", timeout=60)
     return worker
 

@@ -1,0 +1,71 @@
+"""Chaos: real worker processes are killed (SIGKILL) again and again while managed runs with
+side effects are executing. Every run must still finish, no side effect may happen twice, and
+every journal must be gap-free."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from django.db.models import Count
+
+from cockpit.audit import Actor
+from fleet import services
+from fleet.models import FINAL_RUN_STATUSES, Run, RunStatus, Step, StepStatus
+from fleet.sandbox.models import Refund
+from fleet.tasks import run_execute
+from tests.support import processes
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
+
+RUNS = 30
+STEPS = 6
+LEASE = 2  # seconds: a killed worker's runs are taken over this soon
+DEADLINE = 150  # seconds for the whole test, a bound, not a measurement
+
+
+def test_killed_workers_lose_nothing_and_repeat_nothing(make_agent, eager_off, settings) -> None:
+    settings.COCKPIT = {**settings.COCKPIT, "RUN_LEASE_SECONDS": LEASE}
+    agent = make_agent("test-chaos", tools=[])
+    runs = [
+        services.run_create(actor=Actor.system("chaos"), agent=agent, input={"steps": STEPS})[0] for _ in range(RUNS)
+    ]
+    env = {"COCKPIT_RUN_LEASE_SECONDS": str(LEASE)}
+    workers = [processes.start_worker(name=f"chaos{i}", concurrency=2, queues="runs", env=env) for i in range(2)]
+    rng = random.Random(42)
+    kills = 0
+    started = time.monotonic()
+    try:
+        next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
+        while time.monotonic() - started < DEADLINE:
+            unfinished = Run.objects.filter(pk__in=[r.pk for r in runs]).exclude(status__in=FINAL_RUN_STATUSES).count()
+            if unfinished == 0:
+                break
+            if kills < 4 and time.monotonic() > next_kill:
+                victim = workers.pop(rng.randrange(len(workers)))
+                victim.kill()  # SIGKILL to the worker and its pool processes, mid-step
+                kills += 1
+                workers.append(processes.start_worker(name=f"chaos-r{kills}", concurrency=2, queues="runs", env=env))
+                next_kill = time.monotonic() + rng.uniform(1.5, 3.0)
+            # What beat's sweeper does every few seconds in production.
+            for run_id in services.runs_to_recover(grace_seconds=LEASE):
+                run_execute.delay(run_id)
+            time.sleep(0.5)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+    assert kills >= 3, "the workers finished before they could be killed often enough"
+    finals = dict(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("pk", "status"))
+    assert set(finals.values()) == {RunStatus.SUCCEEDED}, finals
+    for run in runs:
+        journal = list(Step.objects.filter(run=run).order_by("seq").values_list("seq", "status", "idempotency_key"))
+        assert [seq for seq, _, _ in journal] == list(range(1, STEPS + 1)), f"run {run.pk}: gaps in {journal}"
+        assert all(status == StepStatus.SUCCEEDED for _, status, _ in journal)
+        effects = Refund.objects.filter(ticket_ref__startswith=f"c{run.pk}-")
+        # Exactly one effect per step, made under that step's key: none missing, none doubled.
+        assert sorted(effects.values_list("idempotency_key", flat=True)) == sorted(k for _, _, k in journal)
+        assert effects.values("ticket_ref").annotate(n=Count("id")).filter(n__gt=1).count() == 0
+    taken_over = Run.objects.filter(pk__in=[r.pk for r in runs], executions__gt=1).count()
+    assert taken_over > 0, "no run was ever taken over from a killed worker"
