@@ -53,10 +53,7 @@ class ApiKeyAuth(HttpBearer):
             raise AuthenticationError(message="This API key has been revoked.")
         if not api_key.has_scope(self.scope):
             raise AuthorizationError(
-                message=(
-                    f"This API key lacks the '{self.scope}' scope "
-                    f"(it has: {', '.join(api_key.scopes)})."
-                )
+                message=(f"This API key lacks the '{self.scope}' scope (it has: {', '.join(api_key.scopes)}).")
             )
         return api_key
 
@@ -114,9 +111,7 @@ def _on_unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpR
 def _on_invalid_input(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
     errors = [
         {
-            "field": ".".join(
-                str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")
-            ),
+            "field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")),
             "message": e.get("msg", "invalid"),
         }
         for e in exc.errors
@@ -216,9 +211,7 @@ def me(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-@router.get(
-    "/teams", response=list[TeamOut], auth=key_or_session(Scope.READ), summary="Teams you can see"
-)
+@router.get("/teams", response=list[TeamOut], auth=key_or_session(Scope.READ), summary="Teams you can see")
 def teams(request: HttpRequest) -> Any:
     return selectors.visible_teams(request.auth)  # type: ignore[attr-defined]
 

@@ -121,9 +121,7 @@ def audit_record(
 ) -> AuditEvent:
     """Append one audit row. Must run inside the caller's ``transaction.atomic`` block."""
     if not connection.in_atomic_block:
-        raise RuntimeError(
-            "audit_record() must be called inside the service's transaction.atomic block"
-        )
+        raise RuntimeError("audit_record() must be called inside the service's transaction.atomic block")
     if team is None and obj is not None:
         team = obj if isinstance(obj, Team) else getattr(obj, "team", None)
     _lock_chain()
@@ -164,10 +162,7 @@ class ChainReport:
     def __str__(self) -> str:
         if self.intact:
             return f"intact: {self.checked} events, head hash {self.head_hash}"
-        return (
-            f"broken at event #{self.broken_at}: {self.problem} "
-            f"({self.checked} events checked before it)"
-        )
+        return f"broken at event #{self.broken_at}: {self.problem} ({self.checked} events checked before it)"
 
 
 def audit_verify(*, chunk_size: int = 2000) -> ChainReport:

@@ -33,9 +33,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(topic, self.channel_name)
             self.topics.add(topic)
         await self.accept()
-        await self.send_json(
-            {"type": "subscribed", "topics": sorted(self.topics), "denied": denied}
-        )
+        await self.send_json({"type": "subscribed", "topics": sorted(self.topics), "denied": denied})
 
     async def disconnect(self, code: int) -> None:
         for topic in getattr(self, "topics", ()):
@@ -47,16 +45,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if content.get("action") == "ping":
             await self.send_json({"type": "pong"})
         elif content.get("action") == "subscribe" and isinstance(content.get("topics"), list):
-            allowed, denied = await self._check(
-                [t for t in content["topics"] if isinstance(t, str)]
-            )
+            allowed, denied = await self._check([t for t in content["topics"] if isinstance(t, str)])
             for topic in allowed:
                 if topic not in self.topics:
                     await self.channel_layer.group_add(topic, self.channel_name)
                     self.topics.add(topic)
-            await self.send_json(
-                {"type": "subscribed", "topics": sorted(allowed), "denied": denied}
-            )
+            await self.send_json({"type": "subscribed", "topics": sorted(allowed), "denied": denied})
 
     async def live_event(self, message: dict[str, Any]) -> None:
         await self.send_json(message["event"])

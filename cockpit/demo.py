@@ -41,9 +41,7 @@ class DemoUser:
 
 USERS = [
     DemoUser("admin", "Ada Admin", (), superuser=True),
-    DemoUser(
-        "olivia", "Olivia Okafor", (("support", Role.OPERATOR), ("finance-ops", Role.OPERATOR))
-    ),
+    DemoUser("olivia", "Olivia Okafor", (("support", Role.OPERATOR), ("finance-ops", Role.OPERATOR))),
     DemoUser("andre", "André Silva", (("support", Role.APPROVER),)),
     DemoUser("dana", "Dana Kim", (("support", Role.APPROVER), ("finance-ops", Role.APPROVER))),
     DemoUser(
@@ -61,9 +59,7 @@ def seed(*, reset_passwords: bool = False) -> list[tuple[str, str | None, str]]:
     teams = {}
     for slug, name, description in TEAMS:
         team = Team.objects.filter(slug=slug).first()
-        teams[slug] = team or team_create(
-            actor=ACTOR, slug=slug, name=name, description=description
-        )
+        teams[slug] = team or team_create(actor=ACTOR, slug=slug, name=name, description=description)
 
     fixed = os.environ.get("DEMO_PASSWORD") or None
     User = get_user_model()

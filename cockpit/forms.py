@@ -14,12 +14,8 @@ class AuditFilterForm(forms.Form):
     )
     action = forms.ChoiceField(required=False)
     actor = forms.CharField(required=False, max_length=100)
-    since = forms.DateTimeField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
-    until = forms.DateTimeField(
-        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
-    )
+    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, teams: Any, actions: list[str], **kwargs: Any) -> None:
@@ -39,9 +35,7 @@ class AuditFilterForm(forms.Form):
 
 class ApiKeyCreateForm(forms.Form):
     team = forms.ModelChoiceField(queryset=Team.objects.none(), to_field_name="slug")
-    name = forms.CharField(
-        max_length=100, help_text="What will use it, e.g. 'LangGraph prod collector'."
-    )
+    name = forms.CharField(max_length=100, help_text="What will use it, e.g. 'LangGraph prod collector'.")
     scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
 
     def __init__(self, *args: Any, teams: Any, **kwargs: Any) -> None:

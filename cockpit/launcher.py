@@ -33,7 +33,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("COCKPIT_VAR_DIR") or BASE_DIR / "var").resolve()
 PY = sys.executable
 STOP_TIMEOUT = 20.0
-_COLOURS = {"web": "36", "worker": "35", "beat": "33", "valkey": "32", "agents": "34"}
+_COLOURS = {"web": "36", "worker": "35", "runs": "34", "beat": "33", "valkey": "32"}
 
 
 def say(message: str) -> None:
@@ -56,10 +56,7 @@ class Valkey:
         self.persistent = persistent
         socket_path = directory / "valkey.sock"
         if len(str(socket_path)) > 100:  # unix socket paths are limited to ~107 bytes
-            short = (
-                Path(tempfile.gettempdir())
-                / f"cockpit-{sha256(str(directory).encode()).hexdigest()[:12]}"
-            )
+            short = Path(tempfile.gettempdir()) / f"cockpit-{sha256(str(directory).encode()).hexdigest()[:12]}"
             short.mkdir(mode=0o700, exist_ok=True)
             socket_path = short / "valkey.sock"
         self.socket = socket_path
@@ -118,9 +115,7 @@ class Valkey:
                 return
             time.sleep(0.05)
         log = (
-            (self.dir / "valkey.log").read_text(errors="replace")[-2000:]
-            if (self.dir / "valkey.log").exists()
-            else ""
+            (self.dir / "valkey.log").read_text(errors="replace")[-2000:] if (self.dir / "valkey.log").exists() else ""
         )
         self.stop()
         raise SystemExit(f"Valkey did not start on {self.socket}.\n{log}")
@@ -181,9 +176,7 @@ class Supervisor:
     def stop(self, names: list[str]) -> None:
         """SIGTERM to each main process (it shuts its own children down), then wait; whatever
         is left after the timeout is killed with its whole process group."""
-        running = [
-            (n, self.procs[n]) for n in names if n in self.procs and self.procs[n].poll() is None
-        ]
+        running = [(n, self.procs[n]) for n in names if n in self.procs and self.procs[n].poll() is None]
         for _, proc in running:
             proc.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT
@@ -199,6 +192,11 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.pid, signal.SIGKILL)  # stragglers: pool children and the like
             child.wait()
+
+
+def _celery(command: str, *arguments: str) -> list[str]:
+    """A celery command line, quiet (no banner, warnings and errors only)."""
+    return [PY, "-m", "celery", "-A", "cockpit", "-q", command, "-l", "WARNING", *arguments]
 
 
 def _secret_key() -> str:
@@ -278,61 +276,16 @@ def demo(port: int) -> int:
         _manage("collectstatic", "--noinput", "-v", "0", env=env)
         say("• Demo data …")
         logins = _manage("seed_demo", env=env, capture=True)
-        say("• Starting web (daphne), worker and beat …")
-        supervisor.start(
-            "web",
-            [
-                PY,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "--access-log",
-                str(VAR / "log" / "access.log"),
-                "cockpit.asgi:application",
-            ],
-            env,
-        )
-        supervisor.start(
-            "worker",
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "cockpit",
-                "-q",
-                "worker",
-                "-l",
-                "WARNING",
-                "--concurrency",
-                "2",
-                "-n",
-                "demo@%h",
-                "-Q",
-                "default,runs,escalations,ingest,rollups,maintenance",
-            ],
-            env,
-        )
-        supervisor.start(
-            "beat",
-            [
-                PY,
-                "-m",
-                "celery",
-                "-A",
-                "cockpit",
-                "-q",
-                "beat",
-                "-l",
-                "WARNING",
-                "-s",
-                str(VAR / "celerybeat-schedule"),
-            ],
-            env,
-        )
+        say("• Starting web (daphne), workers and beat …")
+        access_log = str(VAR / "log" / "access.log")
+        web = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--access-log", access_log]
+        supervisor.start("web", [*web, "cockpit.asgi:application"], env)
+        queues = "default,escalations,ingest,rollups,maintenance"
+        supervisor.start("worker", _celery("worker", "-c", "2", "-n", "demo@%h", "-Q", queues), env)
+        # Agent runs wait on models and tools, not on the CPU: many threads in one process.
+        runs = ("worker", "-P", "threads", "-c", "16", "-n", "demo-runs@%h", "-Q", "runs")
+        supervisor.start("runs", _celery(*runs), env)
+        supervisor.start("beat", _celery("beat", "-s", str(VAR / "celerybeat-schedule")), env)
         if not _wait_http(f"http://127.0.0.1:{port}/healthz", 60, supervisor):
             say("Cockpit did not answer on /healthz; see the output above and var/log/.")
             return 1
@@ -347,17 +300,15 @@ def demo(port: int) -> int:
         while not stop.requested:
             name = supervisor.first_exited()
             if name:
-                say(
-                    f"{name} exited (status {supervisor.procs[name].returncode}); stopping Cockpit."
-                )
+                say(f"{name} exited (status {supervisor.procs[name].returncode}); stopping Cockpit.")
                 return 1
             time.sleep(0.3)
-        say("Stopping web, worker and beat …")
+        say("Stopping web, workers and beat …")
         return 0
     except KeyboardInterrupt:
         return 130
     finally:
-        supervisor.stop(["web", "worker", "beat"])
+        supervisor.stop(["web", "worker", "runs", "beat"])
         if valkey is not None:
             say("Stopping Valkey …")
             valkey.stop()
@@ -374,6 +325,11 @@ def _test_env() -> dict[str, str]:
     env.setdefault("LOG_LEVEL", "WARNING")
     # Keys of this run are prefixed so several runs (or a demo) can share one Redis.
     env.setdefault("COCKPIT_REDIS_PREFIX", f"cockpit-test-{secrets.token_hex(4)}")
+    # The test agents are registered in worker processes the tests start, too.
+    env.setdefault("COCKPIT_AGENT_MODULES", "fleet.demo_agents,tests.fleet.agents")
+    # Retries back off for milliseconds, not seconds.
+    env.setdefault("COCKPIT_RETRY_BASE_SECONDS", "0.01")
+    env.setdefault("COCKPIT_RETRY_MAX_WAIT_SECONDS", "0.05")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -399,7 +355,10 @@ def _with_valkey(env: dict[str, str], directory: Path, command: list[str]) -> in
 
 
 def test(pytest_args: list[str]) -> int:
-    return _with_valkey(_test_env(), VAR / "test-valkey", [PY, "-m", "pytest", *pytest_args])
+    # Per run, so that two test runs on one machine never share a database or a Valkey.
+    env = _test_env()
+    env.setdefault("COCKPIT_TEST_DATABASE", str(VAR / f"test-{os.getpid()}.sqlite3"))
+    return _with_valkey(env, VAR / f"test-valkey-{os.getpid()}", [PY, "-m", "pytest", *pytest_args])
 
 
 def bench(bench_args: list[str]) -> int:
@@ -428,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Run Cockpit locally with the embedded Valkey (no servers to install).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser(
-        "demo", help="migrate, load demo data, run web + worker + beat (make demo)"
-    )
+    p_demo = sub.add_parser("demo", help="migrate, load demo data, run web + worker + beat (make demo)")
     p_demo.add_argument(
         "--port",
         type=int,
@@ -440,9 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p_test = sub.add_parser("test", help="run the test suite with pytest (make test)")
     p_test.add_argument("args", nargs=argparse.REMAINDER, help="passed to pytest (after --)")
     p_bench = sub.add_parser("bench", help="run the benchmarks and print figures (make bench)")
-    p_bench.add_argument(
-        "args", nargs=argparse.REMAINDER, help="passed to the benchmark runner (after --)"
-    )
+    p_bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark runner (after --)")
     sub.add_parser("valkey", help="run only the embedded Valkey server until Ctrl-C")
     args = parser.parse_args(argv)
     extra = list(getattr(args, "args", []))

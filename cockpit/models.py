@@ -38,9 +38,7 @@ class Team(models.Model):
 class Membership(models.Model):
     """A user holding one role in one team (a user may hold several roles in several teams)."""
 
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
     granted_at = models.DateTimeField(default=timezone.now)
@@ -51,9 +49,7 @@ class Membership(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["user", "team", "role"], name="membership_unique_role"),
-            models.CheckConstraint(
-                condition=models.Q(role__in=Role.values), name="membership_role_valid"
-            ),
+            models.CheckConstraint(condition=models.Q(role__in=Role.values), name="membership_role_valid"),
         ]
         ordering = ["team__name", "user__username", "role"]
 
@@ -214,7 +210,5 @@ class AuditEvent(models.Model):
         }
 
     def compute_hash(self) -> str:
-        payload = json.dumps(
-            self.content(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder
-        )
+        payload = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
         return hashlib.sha256(f"{self.prev_hash}{payload}".encode()).hexdigest()

@@ -109,9 +109,7 @@ def current_team(request: Any) -> Team | None:
 
 
 def api_keys_for() -> QuerySet[ApiKey]:
-    return ApiKey.objects.select_related("team", "created_by", "revoked_by").order_by(
-        "revoked_at", "-created_at"
-    )
+    return ApiKey.objects.select_related("team", "created_by", "revoked_by").order_by("revoked_at", "-created_at")
 
 
 def members_by_user(team: Team) -> list[dict[str, Any]]:

@@ -34,9 +34,7 @@ def team_create(*, actor: Actor, slug: str, name: str, description: str = "") ->
     team = Team(slug=slug, name=name, description=description)
     team.full_clean()
     team.save()
-    audit_record(
-        actor=actor, action="team.create", obj=team, after=snapshot(team, ["slug", "name"])
-    )
+    audit_record(actor=actor, action="team.create", obj=team, after=snapshot(team, ["slug", "name"]))
     live.publish({"type": "team.changed", "team": team.pk}, team_id=None)
     return team
 
@@ -60,9 +58,7 @@ def _sync_team_perms(user: User, team: Team) -> None:
 def membership_grant(*, actor: Actor, user: User, team: Team, role: str) -> Membership:
     """Give ``user`` the ``role`` in ``team`` (no-op if already held)."""
     if role not in Role.values:
-        raise ValidationError(
-            {"role": f"Unknown role {role!r}; choose one of {', '.join(Role.values)}."}
-        )
+        raise ValidationError({"role": f"Unknown role {role!r}; choose one of {', '.join(Role.values)}."})
     membership, created = Membership.objects.get_or_create(
         user=user, team=team, role=role, defaults={"granted_by": actor.user_or_none}
     )
@@ -161,10 +157,7 @@ def _validate_scopes(scopes: Iterable[str]) -> list[str]:
     unknown = [s for s in chosen if s not in Scope.values]
     if unknown:
         raise ValidationError(
-            {
-                "scopes": f"Unknown scope(s) {', '.join(unknown)}; "
-                f"choose from {', '.join(Scope.values)}."
-            }
+            {"scopes": f"Unknown scope(s) {', '.join(unknown)}; choose from {', '.join(Scope.values)}."}
         )
     if not chosen:
         raise ValidationError({"scopes": "Choose at least one scope."})
@@ -172,9 +165,7 @@ def _validate_scopes(scopes: Iterable[str]) -> list[str]:
 
 
 @transaction.atomic
-def api_key_create(
-    *, actor: Actor, team: Team, name: str, scopes: Iterable[str]
-) -> tuple[ApiKey, str]:
+def api_key_create(*, actor: Actor, team: Team, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
     """Create a key; returns it with the full secret, which is never stored and shown once."""
     name = name.strip()
     if not name:
@@ -229,9 +220,7 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
         return None
     prefix = raw_key[3 : 3 + ApiKey.PREFIX_LEN]
     api_key = ApiKey.objects.select_related("team").filter(prefix=prefix).first()
-    if api_key is None or not secrets.compare_digest(
-        api_key.secret_hash, ApiKey.hash_secret(raw_key)
-    ):
+    if api_key is None or not secrets.compare_digest(api_key.secret_hash, ApiKey.hash_secret(raw_key)):
         return None
     if api_key.revoked_at is not None:
         return api_key  # the caller says "revoked", which is more useful than "invalid"

@@ -8,10 +8,7 @@ from cockpit.audit import audit_verify_snapshot
 
 
 class Command(BaseCommand):
-    help = (
-        "Walk the audit log's hash chain and print 'intact' or the first broken link "
-        "(exit status 1 when broken)."
-    )
+    help = "Walk the audit log's hash chain and print 'intact' or the first broken link (exit status 1 when broken)."
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = audit_verify_snapshot()

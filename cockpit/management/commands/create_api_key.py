@@ -18,9 +18,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--team", required=True, help="team slug")
-        parser.add_argument(
-            "--name", required=True, help="what will use the key, e.g. 'prod collector'"
-        )
+        parser.add_argument("--name", required=True, help="what will use the key, e.g. 'prod collector'")
         parser.add_argument(
             "--scopes",
             required=True,
