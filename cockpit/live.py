@@ -75,16 +75,19 @@ def publish(
     team_id: int | None,
     topics: Iterable[str] = (),
     coalesce: str | None = None,
+    team_wide: bool = True,
 ) -> None:
     """Send ``event`` once the surrounding transaction commits (at once outside one).
 
-    ``team_id`` routes it to the team's group (``None``: the organisation group); ``topics``
-    adds object groups such as ``run.42``. Events with the same ``coalesce`` key replace one
-    another while waiting to be sent (a busy run's steps become one event, not fifty).
+    ``team_id`` routes it to the team's group (``None``: the organisation group) unless
+    ``team_wide`` is false; ``topics`` adds object groups such as ``run.42``. Events with the
+    same ``coalesce`` key replace one another while waiting to be sent (a busy run's steps
+    become one event, not fifty).
     """
     if "type" not in event:
         raise ValueError("a live event needs a 'type'")
-    groups = [team_topic(team_id) if team_id is not None else ORG_TOPIC, *topics]
+    team_group = team_topic(team_id) if team_id is not None else ORG_TOPIC
+    groups = [*([team_group] if team_wide else []), *topics]
     transaction.on_commit(lambda: _sender.send(groups, event, coalesce), robust=True)
 
 

@@ -52,12 +52,16 @@ def json_safe(value: Any) -> Any:
 
 
 def publish_run(run: Run, kind: str = "run.changed", **extra: Any) -> None:
-    # Step events of one run coalesce while queued: pages re-fetch the run either way.
+    """``run.changed`` (status, directives) goes to the team and to the run's own topic;
+    ``run.step`` only to the run's topic (the run page), and a busy run's step events coalesce
+    while queued: the page re-fetches the run either way."""
+    step = kind == "run.step"
     live.publish(
         {"type": kind, "run": run.pk, "agent": run.agent_id, "status": run.status, **extra},
         team_id=run.team_id,
         topics=[f"run.{run.pk}"],
-        coalesce=f"run.step:{run.pk}" if kind == "run.step" else None,
+        coalesce=f"run.step:{run.pk}" if step else None,
+        team_wide=not step,
     )
 
 
@@ -700,11 +704,9 @@ def run_claim(*, run_id: int, owner: str) -> Run | None:
 
 
 def _check_lease(run_id: int, owner: str) -> None:
-    now = timezone.now()
-    held = Run.objects.filter(pk=run_id, lease_owner=owner).update(
-        lease_expires_at=now + timedelta(seconds=lease_seconds()), updated_at=now
-    )
-    if held != 1:
+    """This worker still holds the run (the heartbeat and each step's outcome renew the lease;
+    here a read is enough)."""
+    if not Run.objects.filter(pk=run_id, lease_owner=owner).exists():
         raise LeaseLost
 
 
@@ -719,16 +721,9 @@ def step_begin(
     input: dict[str, Any],
     existing: Step | None = None,
 ) -> Step:
-    """Journal that a step is starting (before it has any effect). A step found already started
-    (its worker died mid-step) starts again with the same idempotency key.
-
-    This record need not survive a crash: the idempotency key is derived from (run, step), so a
-    step retried without it behaves the same. PostgreSQL may therefore skip waiting for the disk
-    (``synchronous_commit = off`` for this transaction only): the outcome of a step is always
-    written durably, and the write-ahead log keeps commits in order."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    """Journal that a step is starting, before it has any effect (after checking that this
+    worker still holds the run). A step found already started — its worker died mid-step —
+    starts again under the same idempotency key."""
     _check_lease(run.pk, owner)
     if existing is not None:
         return existing
@@ -763,6 +758,7 @@ def step_complete(
     reasoning_tokens: int = 0,
     cost: Decimal | None = None,
 ) -> Step:
+    """Journal a step's outcome and add its usage to the run's totals."""
     step.status = status
     step.output = json_safe(output)
     step.error = error[:4000]
@@ -771,42 +767,85 @@ def step_complete(
     step.cached_tokens, step.reasoning_tokens = cached_tokens, reasoning_tokens
     step.cost = cost
     step.ended_at = timezone.now()
-    # One statement renews the lease (proving it is still ours) and adds up the run's totals.
-    held = Run.objects.filter(pk=run.pk, lease_owner=owner).update(
-        lease_expires_at=step.ended_at + timedelta(seconds=lease_seconds()),
-        updated_at=step.ended_at,
-        tokens_in=F("tokens_in") + tokens_in,
-        tokens_out=F("tokens_out") + tokens_out,
-        cost=F("cost") + (cost or Decimal(0)),
-        unpriced_steps=F("unpriced_steps") + (1 if cost is None and step.kind == StepKind.LLM else 0),
-        step_count=F("step_count") + 1,
-    )
-    if held != 1:
-        raise LeaseLost
+    _add_to_run(run, owner, step)
     step.save()
-    # The step's span is stored in the same transaction (one commit per step).
-    from fleet import telemetry
-
-    telemetry.emit_step(run, step)
-    publish_run(run, "run.step", seq=step.seq)
+    _after_step(run, step)
     return step
 
 
 @transaction.atomic
 def step_record(*, run: Run, owner: str, seq: int, kind: str, name: str, input: dict[str, Any], output: Any) -> Step:
     """Journal an instant step (a decision, a checkpoint) in one go: it has no effect to guard."""
+    now = timezone.now()
     step = Step(
         run=run,
         seq=seq,
         kind=kind,
         name=name[:160],
-        status=StepStatus.STARTED,
+        status=StepStatus.SUCCEEDED,
         input=json_safe(input),
+        output=json_safe(output),
         idempotency_key=f"{run.trace_id}:{seq}",
         attempts=1,
+        started_at=now,
+        ended_at=now,
     )
+    _add_to_run(run, owner, step)
     step.save(force_insert=True)
-    return step_complete(run=run, owner=owner, step=step, status=StepStatus.SUCCEEDED, output=output)
+    _after_step(run, step)
+    return step
+
+
+def _add_to_run(run: Run, owner: str, step: Step) -> None:
+    """One statement renews the lease (proving the run is still this worker's), adds the step to
+    the run's totals and reads back the run's directives, which the runtime checks before its
+    next step (sparing it a query). Nothing is written if another worker has taken the run over."""
+    assert step.ended_at is not None
+    run_table, agent_table = Run._meta.db_table, Agent._meta.db_table
+    expires = step.ended_at + timedelta(seconds=lease_seconds())
+    unpriced = 1 if step.cost is None and step.kind == StepKind.LLM else 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""UPDATE {run_table}
+               SET lease_expires_at = %s, updated_at = %s, tokens_in = tokens_in + %s,
+                   tokens_out = tokens_out + %s, cost = cost + %s, unpriced_steps = unpriced_steps + %s,
+                   step_count = step_count + 1
+               WHERE id = %s AND lease_owner = %s
+               RETURNING pause_requested, cancel_requested, directive_reason, overrides, cost,
+                   (SELECT status FROM {agent_table} a WHERE a.id = {run_table}.agent_id),
+                   (SELECT status_reason FROM {agent_table} a WHERE a.id = {run_table}.agent_id)""",
+            [
+                expires,
+                step.ended_at,
+                step.tokens_in,
+                step.tokens_out,
+                step.cost or Decimal(0),
+                unpriced,
+                run.pk,
+                owner,
+            ],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise LeaseLost
+    overrides = Run._meta.get_field("overrides").from_db_value(row[3], None, connection)
+    run.directives = {  # type: ignore[attr-defined]
+        "lease_owner": owner,
+        "pause_requested": bool(row[0]),
+        "cancel_requested": bool(row[1]),
+        "directive_reason": row[2],
+        "overrides": overrides,
+        "cost": Decimal(str(row[4])).quantize(Decimal("0.000001")),
+        "agent__status": row[5],
+        "agent__status_reason": row[6],
+    }
+
+
+def _after_step(run: Run, step: Step) -> None:
+    from fleet import telemetry
+
+    telemetry.emit_step(run, step)  # stored in this same transaction: one commit per step
+    publish_run(run, "run.step", seq=step.seq)
 
 
 @transaction.atomic

@@ -6,14 +6,23 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True, ignore_result=True, soft_time_limit=None)
+@shared_task(
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=8,
+)
 def run_execute(run_id: int) -> str:
     """Execute (or resume, or finish cancelling) a managed run. Safe to deliver twice: only one
-    worker can hold the run's lease, and completed steps are replayed, not repeated."""
+    worker can hold the run's lease, and completed steps are replayed, not repeated. If the
+    database is unreachable the task retries with backoff (and the sweeper is the safety net)."""
     from fleet.runtime import executor
 
     return executor.execute(run_id)

@@ -113,8 +113,18 @@ def env_database(name: str, default: str, *, environ: Mapping[str, str] | None =
             "timeout": 30,
         }
     else:
-        config.setdefault("CONN_MAX_AGE", 60)
-        config["CONN_HEALTH_CHECKS"] = True
+        # A pool per process: threads (the runs worker has dozens) wait for a free connection
+        # instead of failing with "too many clients", and a thread that closes its connection
+        # while it waits on a model hands it back to the pool at no cost.
+        config["CONN_MAX_AGE"] = 0  # required with a pool: the pool keeps the connections
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            "pool": {
+                "min_size": 1,
+                "max_size": env_int("COCKPIT_DB_POOL_SIZE", 10, minimum=1, environ=environ),
+                "timeout": env_int("COCKPIT_DB_POOL_TIMEOUT", 30, minimum=1, environ=environ),
+            },
+        }
     return config
 
 

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 import jsonschema
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 
 from fleet import seams, services
 from fleet.models import (
@@ -343,7 +343,8 @@ class RunContext:
 
     def _boundary(self, kind: str) -> None:
         """Before every new step: directives, agent status, slice, step limit, budget."""
-        fresh = (
+        # The last journal write of this execution read the directives back; else ask.
+        fresh = getattr(self.run, "directives", None) or (
             Run.objects.filter(pk=self.run.pk)
             .values(
                 "lease_owner",
@@ -357,6 +358,7 @@ class RunContext:
             )
             .get()
         )
+        self.run.directives = None  # type: ignore[attr-defined]
         if fresh["lease_owner"] != self._owner:
             raise LeaseLost
         if fresh["cancel_requested"]:
@@ -574,8 +576,8 @@ class RunContext:
         except TransientToolError as exc:
             services.step_note(step=step, error=str(exc))
             raise Suspend(RunStatus.PAUSED, f"tool {spec.name} kept failing: {exc}") from None
-        except (StepFailed, Suspend, CancelRun, LeaseLost):
-            raise
+        except (StepFailed, OperationalError, InterfaceError):
+            raise  # (Cockpit's own database unreachable: the worker's trouble, see the executor)
         except Exception as exc:  # noqa: BLE001 - any other tool error is permanent
             message = f"{type(exc).__name__}: {exc}"
             self._complete(step, StepStatus.FAILED, error=message, output={"error_type": type(exc).__name__})

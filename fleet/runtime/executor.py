@@ -13,6 +13,7 @@ Outcomes of one execution:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -24,7 +25,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from fleet import services
@@ -100,6 +101,14 @@ def execute(run_id: int) -> str:
     except LeaseLost:
         logger.warning("run %s: lease lost to another worker; stopping here", run_id)
         return "lease lost"
+    except (OperationalError, InterfaceError):
+        # Losing the database is the worker's trouble, not the run's: leave the run as it is
+        # (its journal is intact) and let it be taken up again (the task retries; failing that,
+        # the sweeper does once the lease runs out).
+        heartbeat.release(run_id)
+        with contextlib.suppress(OperationalError, InterfaceError):
+            Run.objects.filter(pk=run_id, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+        raise
     finally:
         heartbeat.release(run_id)
 
@@ -138,6 +147,8 @@ def _execute(run: Run, owner: str) -> str:
         message = f"the agent's code does not replay its journal: {exc}"
         services.run_release(run=run, owner=owner, status=RunStatus.FAILED, reason=message, error=message)
         return "failed"
+    except (OperationalError, InterfaceError):
+        raise  # the database is unreachable: not the agent's fault (see execute)
     except Exception as exc:  # noqa: BLE001 - the agent's own code failed
         logger.exception("run %s: the agent function raised", run.pk)
         message = f"{type(exc).__name__}: {exc}"

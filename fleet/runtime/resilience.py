@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +29,7 @@ logger = logging.getLogger(__name__)
 
 CircuitOpen = pybreaker.CircuitBreakerError
 
-_lock = threading.Lock()
-_breakers: dict[str, pybreaker.CircuitBreaker] = {}
+_local = threading.local()
 _client: tuple[int, redis.Redis] | None = None
 
 
@@ -44,36 +44,76 @@ def _redis() -> redis.Redis:
     return _client[1]
 
 
+class _SharedState(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, minus the round trips on the path of a successful call: the
+    shared state is re-read at most every ``STATE_TTL`` seconds, and the failure counter is
+    reset only when it may be non-zero. A circuit opened by another worker is therefore seen
+    within a second; failures and state changes are still written at once."""
+
+    STATE_TTL = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._cached: tuple[float, str] | None = None
+        self._counter_may_be_set = True
+        super().__init__(*args, **kwargs)
+
+    @property
+    def state(self) -> str:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self.STATE_TTL:
+            self._cached = (now, pybreaker.CircuitRedisStorage.state.fget(self))  # type: ignore[attr-defined]
+            self._counter_may_be_set = True  # other workers may have counted failures meanwhile
+        return self._cached[1]
+
+    @state.setter
+    def state(self, state: str) -> None:
+        pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
+        self._cached = (time.monotonic(), state)
+
+    def increment_counter(self) -> None:
+        super().increment_counter()
+        self._counter_may_be_set = True
+
+    def reset_counter(self) -> None:
+        if self._counter_may_be_set:
+            super().reset_counter()
+            self._counter_may_be_set = False
+
+
 def breaker(name: str) -> pybreaker.CircuitBreaker:
     """The breaker for ``provider:<name>`` or ``tool:<name>``: opens after ``BREAKER_FAIL_MAX``
     failures in a row (permanent errors do not count), lets one call through after
-    ``BREAKER_RESET_SECONDS``. Its state lives in Redis, shared by every worker."""
-    pid = os.getpid()
-    key = f"{pid}:{name}"
-    with _lock:
-        found = _breakers.get(key)
-        if found is None:
-            storage: pybreaker.CircuitBreakerStorage
-            try:
-                storage = pybreaker.CircuitRedisStorage(
-                    pybreaker.STATE_CLOSED,
-                    _redis(),
-                    namespace=f"{settings.REDIS_PREFIX}:breaker:{name}",
-                )
-            except redis.RedisError:
-                # Redis is down: keep this process's own count rather than fail the call.
-                logger.warning("breaker %s: Redis unreachable, state kept in this process only", name)
-                storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-            found = pybreaker.CircuitBreaker(
-                fail_max=int(settings.COCKPIT["BREAKER_FAIL_MAX"]),
-                reset_timeout=float(settings.COCKPIT["BREAKER_RESET_SECONDS"]),
-                # Only failures that say the other side is unwell count; a bad request does not.
-                exclude=[lambda exc: not isinstance(exc, TransientProviderError | TransientToolError)],
-                state_storage=storage,
-                name=name,
+    ``BREAKER_RESET_SECONDS``. Its state lives in Redis, shared by every worker.
+
+    One breaker object per thread: pybreaker holds an object's lock for the whole call, which
+    would let one thread's slow model call block every other thread's. The objects share their
+    state through Redis, so they act as one breaker."""
+    breakers: dict[str, pybreaker.CircuitBreaker] = getattr(_local, "breakers", {})
+    _local.breakers = breakers
+    key = f"{os.getpid()}:{name}"
+    found = breakers.get(key)
+    if found is None:
+        storage: pybreaker.CircuitBreakerStorage
+        try:
+            storage = _SharedState(
+                pybreaker.STATE_CLOSED,
+                _redis(),
+                namespace=f"{settings.REDIS_PREFIX}:breaker:{name}",
             )
-            _breakers[key] = found
-        return found
+        except redis.RedisError:
+            # Redis is down: keep this process's own count rather than fail the call.
+            logger.warning("breaker %s: Redis unreachable, state kept in this process only", name)
+            storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        found = pybreaker.CircuitBreaker(
+            fail_max=int(settings.COCKPIT["BREAKER_FAIL_MAX"]),
+            reset_timeout=float(settings.COCKPIT["BREAKER_RESET_SECONDS"]),
+            # Only failures that say the other side is unwell count; a bad request does not.
+            exclude=[lambda exc: not isinstance(exc, TransientProviderError | TransientToolError)],
+            state_storage=storage,
+            name=name,
+        )
+        breakers[key] = found
+    return found
 
 
 def breaker_state(name: str) -> str:

@@ -55,7 +55,7 @@ def test_database_url_postgres_and_sqlite() -> None:
         "cockpit",
         "u",
     )
-    assert pg["CONN_HEALTH_CHECKS"] is True
+    assert pg["CONN_MAX_AGE"] == 0 and pg["OPTIONS"]["pool"]["max_size"] == 10
     lite = env_database("DATABASE_URL", "", environ={"DATABASE_URL": "sqlite:////tmp/x.sqlite3"})
     assert lite["NAME"] == "/tmp/x.sqlite3"
     assert lite["OPTIONS"]["transaction_mode"] == "IMMEDIATE"

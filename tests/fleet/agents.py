@@ -184,3 +184,16 @@ def bench(run: RunContext, *, steps: int = 10) -> dict[str, Any]:
     for i in range(steps):
         run.llm(f"step {i}", messages=[{"role": "user", "content": f"benchmark step {i}"}])
     return {"steps": steps}
+
+
+@tool("test.db_down", risk="low")
+def test_db_down(invocation: ToolInvocation) -> None:
+    from django.db import OperationalError
+
+    raise OperationalError("connection to server failed: the database is restarting")
+
+
+@agent("test-db-down")
+def db_down(run: RunContext) -> None:
+    run.checkpoint("before")
+    run.tool("test.db_down")

@@ -107,7 +107,7 @@ def test_the_breaker_opens_fails_fast_is_shared_and_closes_again(
     assert len(openai_server.requests) == requests_so_far
 
     # Another worker process sees the same state: it lives in Redis, not in this process.
-    resilience._breakers.clear()
+    resilience._local.breakers = {}
     assert resilience.breaker_state(f"provider:{name}") == "open"
 
     # After the reset timeout one call is let through; success closes the circuit.

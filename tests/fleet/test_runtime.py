@@ -429,3 +429,27 @@ def test_runtime_spans_follow_the_genai_conventions(make_agent, start, django_ca
     assert chat.attributes["gen_ai.conversation.id"] == str(run.pk)
     assert root.attributes["gen_ai.operation.name"] == "invoke_agent"
     assert Decimal(str(root.attributes["cockpit.cost_usd"])) == run.cost.quantize(Decimal("0.000001"))
+
+
+def test_losing_the_database_does_not_fail_the_run(make_agent, start) -> None:
+    """An unreachable database is the worker's trouble: the run keeps its state and journal, its
+    lease is given back, and the task retries (the sweeper being the safety net)."""
+    from django.db import OperationalError
+
+    from fleet.runtime import executor
+
+    run = start(make_agent("test-db-down"))
+    with pytest.raises(OperationalError):
+        executor.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.lease_owner == "" and run.error == ""
+    assert steps(run)[0] == (1, "checkpoint", "before", "succeeded")
+
+
+def test_the_execute_task_retries_when_the_database_is_unreachable() -> None:
+    from django.db import InterfaceError, OperationalError
+
+    from fleet.tasks import run_execute
+
+    assert set(run_execute.autoretry_for) == {OperationalError, InterfaceError}
+    assert run_execute.acks_late
