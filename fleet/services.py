@@ -828,7 +828,7 @@ def _add_to_run(run: Run, owner: str, step: Step) -> None:
         row = cursor.fetchone()
     if row is None:
         raise LeaseLost
-    overrides = Run._meta.get_field("overrides").from_db_value(row[3], None, connection)
+    overrides = row[3] if isinstance(row[3], dict) else json.loads(row[3] or "{}")
     run.directives = {  # type: ignore[attr-defined]
         "lease_owner": owner,
         "pause_requested": bool(row[0]),
