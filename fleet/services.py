@@ -710,7 +710,6 @@ def _check_lease(run_id: int, owner: str) -> None:
         raise LeaseLost
 
 
-@transaction.atomic
 def step_begin(
     *,
     run: Run,
@@ -721,10 +720,15 @@ def step_begin(
     input: dict[str, Any],
     existing: Step | None = None,
 ) -> Step:
-    """Journal that a step is starting, before it has any effect (after checking that this
-    worker still holds the run). A step found already started — its worker died mid-step —
-    starts again under the same idempotency key."""
-    _check_lease(run.pk, owner)
+    """Journal that a step is starting, before it has any effect (one INSERT). A step found
+    already started — its worker died mid-step — starts again under the same idempotency key.
+
+    Before a tool, this worker first checks that it still holds the run, so that it does not
+    start an effect for a run another worker has taken over. (Were it to, the effect would
+    happen once anyway — same key — and its outcome could not be journaled: the outcome's write
+    is fenced by the lease.)"""
+    if kind == StepKind.TOOL:
+        _check_lease(run.pk, owner)
     if existing is not None:
         return existing
     step = Step.objects.create(
@@ -738,6 +742,23 @@ def step_begin(
     )
     publish_run(run, "run.step", seq=seq)
     return step
+
+
+OUTCOME_FIELDS = [
+    "status",
+    "output",
+    "error",
+    "provider",
+    "model",
+    "simulated",
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",
+    "ended_at",
+    "attempts",
+]
 
 
 @transaction.atomic
@@ -768,7 +789,7 @@ def step_complete(
     step.cost = cost
     step.ended_at = timezone.now()
     _add_to_run(run, owner, step)
-    step.save()
+    step.save(update_fields=OUTCOME_FIELDS)  # not the input again (an LLM step's may be large)
     _after_step(run, step)
     return step
 
