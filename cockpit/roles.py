@@ -39,6 +39,16 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 
+def ensure_role_groups(**kwargs: object) -> None:
+    """Create the five role groups with the permissions their role grants organisation-wide
+    (after every ``migrate``, and after a test database is flushed)."""
+    from django.contrib.auth.models import Group, Permission
+
+    for role, codenames in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=str(role))
+        group.permissions.set(Permission.objects.filter(content_type__app_label="cockpit", codename__in=codenames))
+
+
 def perms_for_roles(roles: set[str]) -> frozenset[str]:
     held: set[str] = set()
     for role in roles:
