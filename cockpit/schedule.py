@@ -17,6 +17,19 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 10.0,
         "options": {"expires": 10},
     },
+    # Approval deadlines: escalate to the next level, or expire as rejected. Every second, so a
+    # deadline is acted on within about a second; the deadlines themselves are database columns.
+    "approvals-escalation-sweep": {
+        "task": "approvals.tasks.escalation_sweep",
+        "schedule": 1.0,
+        "options": {"expires": 2},
+    },
+    # Notifications whose worker died while sending them are tried again.
+    "approvals-resend-stuck-notifications": {
+        "task": "approvals.tasks.notifications_resend_stuck",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 240},
+    },
     # `make demo` only (the task checks COCKPIT_DEMO): start a demo run now and then.
     "demo-start-runs": {
         "task": "fleet.tasks.demo_start_runs",

@@ -230,3 +230,19 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
     return api_key
+
+
+@transaction.atomic
+def group_members_set(*, actor: Actor, group: Group, users: Iterable[User]) -> Group:
+    """Make ``users`` exactly the members of ``group`` (approver groups of escalation levels)."""
+    wanted = {u.pk for u in users}
+    before = sorted(group.user_set.values_list("username", flat=True))
+    group.user_set.set(wanted)
+    after = sorted(group.user_set.values_list("username", flat=True))
+    if before != after:
+        for user in User.objects.filter(pk__in=wanted):
+            access.forget(user)
+        audit_record(
+            actor=actor, action="group.members_set", obj=group, before={"members": before}, after={"members": after}
+        )
+    return group

@@ -7,6 +7,7 @@ both under ``var/``) so ``make demo`` needs no servers; production sets ``DATABA
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -340,6 +341,12 @@ COCKPIT = {
     # The demo keeps its agents busy: a new run every this many seconds (0: none).
     "DEMO_RUN_INTERVAL_SECONDS": env_int("COCKPIT_DEMO_RUN_INTERVAL", 20, minimum=0),
 }
+# Where people reach Cockpit (links in notifications), and the key signing the callbacks sent to
+# external agents about their approval requests.
+COCKPIT_BASE_URL = env_str("COCKPIT_BASE_URL", "http://127.0.0.1:8000") or "http://127.0.0.1:8000"
+COCKPIT_CALLBACK_SECRET = (
+    env_str("COCKPIT_CALLBACK_SECRET") or hashlib.sha256(f"cockpit-callbacks:{SECRET_KEY}".encode()).hexdigest()
+)
 # `make demo` sets COCKPIT_DEMO: demo agents then start runs on their own.
 COCKPIT_DEMO = env_bool("COCKPIT_DEMO", False)
 # Modules whose @agent and @tool functions are registered when the fleet app starts.

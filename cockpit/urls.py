@@ -12,6 +12,7 @@ from cockpit.api import api
 # Each app mounts its REST router here; apps never import one another's APIs.
 api.add_router("/", "fleet.api.router")
 api.add_router("/", "fleet.api.agents_router")
+api.add_router("/", "approvals.api.router")
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),

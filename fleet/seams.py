@@ -39,6 +39,7 @@ class ActionContext:
     reasoning: str = ""
     confidence: float | None = None
     decision_step: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # the decision's data (amount, segment, …)
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,25 @@ class ApprovalGate(Protocol):
         """The run no longer waits for this decision (it was cancelled)."""
         ...
 
+    def review(
+        self,
+        *,
+        run: Run,
+        step: Step,
+        tool: ToolSpec,
+        args: dict[str, Any],
+        context: ActionContext,
+        decision: GateDecision,
+    ) -> None:
+        """An action allowed unattended was chosen (``decision.data["review"]``) for a human to
+        review afterwards; ``step`` is the tool step that made it."""
+        ...
+
 
 class InterimApprovalGate:
     """Side-effecting tools of tier 3–4 agents need a human; an operator's resume approves."""
+
+    resume_approves = True
 
     def evaluate(self, *, run: Run, tool: ToolSpec, args: dict[str, Any], context: ActionContext) -> GateDecision:
         if tool.side_effect and run.agent.tier >= 3:
@@ -95,6 +112,9 @@ class InterimApprovalGate:
         return None
 
     def withdraw(self, **kwargs: Any) -> None:
+        return None
+
+    def review(self, **kwargs: Any) -> None:
         return None
 
 

@@ -456,6 +456,8 @@ def run_resume(*, actor: Actor, run: Run, reason: str = "") -> Run:
             reason=reason,
             after={"step": step.seq, "action": step.input.get("action")},
         )
+    elif run.status == RunStatus.WAITING_APPROVAL:
+        raise ValidationError("This run waits for an approval decision: decide it in the approvals queue.")
     else:
         raise ValidationError(f"This run is {run.get_status_display().lower()}; there is nothing to resume.")
     audit_record(actor=actor, action="run.resume", obj=run, reason=reason)

@@ -160,13 +160,19 @@ class RunContext:
         spec = registry.get_tool(name)
         following = self._journal.get(self._seq + 1)
         outcome: dict[str, Any] | None = None
+        decision: seams.GateDecision | None = None
         if following is not None and following.kind == StepKind.APPROVAL:
             outcome = self._approval_outcome(self._approve(spec, args, None))
         elif following is None:
             self._boundary(StepKind.TOOL)
             self._check_allowed(spec)
-            decision = seams.current.approval_gate.evaluate(run=self.run, tool=spec, args=args, context=self._context)
-            if decision.verdict == "forbid":
+            if spec.side_effect:  # policy is asked before every side-effecting step
+                decision = seams.current.approval_gate.evaluate(
+                    run=self.run, tool=spec, args=args, context=self._context
+                )
+            if decision is None:
+                pass
+            elif decision.verdict == "forbid":
                 seq = self._next_seq()
                 self._fail_new_step(
                     seq,
@@ -176,7 +182,7 @@ class RunContext:
                     f"forbidden by policy {decision.policy}: {decision.reason}",
                 )
                 raise ActionForbidden(name, f"forbidden by policy {decision.policy}: {decision.reason}")
-            if decision.verdict == "approve":
+            elif decision.verdict == "approve":
                 outcome = self._approval_outcome(self._approve(spec, args, decision))
         if outcome is not None and outcome.get("edited_args"):
             args = outcome["edited_args"]
@@ -184,7 +190,12 @@ class RunContext:
         done = self._replay(seq, StepKind.TOOL, name)
         if done is not None:
             return done.output
-        return self._run_tool(seq, spec, args, self._journal.get(seq))
+        result = self._run_tool(seq, spec, args, self._journal.get(seq))
+        if decision is not None and decision.verdict == "allow" and decision.data.get("review"):
+            seams.current.approval_gate.review(
+                run=self.run, step=self._journal[seq], tool=spec, args=args, context=self._context, decision=decision
+            )
+        return result
 
     def approval(
         self,
@@ -232,7 +243,9 @@ class RunContext:
                 input={"choice": choice},
                 output=output,
             )
-        self._context = seams.ActionContext(reasoning=reasoning, confidence=confidence, decision_step=seq)
+        self._context = seams.ActionContext(
+            reasoning=reasoning, confidence=confidence, decision_step=seq, data=data or {}
+        )
 
     def checkpoint(self, name: str, data: dict[str, Any] | None = None) -> None:
         """Mark a stage as done (a natural place to pause; shown on the timeline)."""
@@ -327,7 +340,9 @@ class RunContext:
         if step.status == StepStatus.SUCCEEDED:
             if kind == StepKind.DECISION:
                 out = step.output or {}
-                self._context = seams.ActionContext(out.get("reasoning", ""), out.get("confidence"), seq)
+                self._context = seams.ActionContext(
+                    out.get("reasoning", ""), out.get("confidence"), seq, out.get("data") or {}
+                )
             elif kind == StepKind.LLM:
                 self._context = seams.ActionContext(
                     reasoning=(step.output or {}).get("content", "")[:2000], decision_step=seq

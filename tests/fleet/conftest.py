@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import tests.fleet.agents  # noqa: F401  (registers the test agents and tools)
 from cockpit.audit import Actor
+from fleet import seams
 from fleet.models import Agent, AgentKind, ModelProvider, ProviderKind, Run, Tier
 from fleet.providers import registry as providers
 from fleet.runtime import executor
@@ -26,6 +28,17 @@ def _fleet_basics(db: None, settings: Any) -> None:
     ModelProvider.objects.get_or_create(name="sim", defaults={"kind": ProviderKind.SIMULATED, "options": {}})
     providers.forget()
     tools_sync()
+
+
+@pytest.fixture(autouse=True)
+def _interim_gate() -> Iterator[None]:
+    """Fleet's tests test the runtime against its own seam: the interim gate (tier 3–4
+    side-effecting tools wait; an operator's resume approves). The approvals app's Cedar gate,
+    which production registers, has tests of its own."""
+    saved = seams.current.approval_gate
+    seams.current.approval_gate = seams.InterimApprovalGate()
+    yield
+    seams.current.approval_gate = saved
 
 
 @pytest.fixture

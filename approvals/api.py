@@ -1,0 +1,241 @@
+"""REST API for approvals: external agents ask (policy may decide at once), then long-poll for
+the decision or receive a signed callback; approvers decide.
+
+    POST /api/v1/approvals                  ask for a decision (Idempotency-Key honoured)
+    GET  /api/v1/approvals                  requests, soonest deadline first
+    GET  /api/v1/approvals/{id}?wait=30     one request (long-poll until decided)
+    POST /api/v1/approvals/{id}/decision    approve / approve with edits / reject (signed-in approvers)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import Field, Query, Router, Schema, Status
+
+from approvals import cedar
+from approvals.models import ApprovalRequest, ApprovalStatus
+from approvals.services import AlreadyDecided, approval_decide, approval_request_create, judge
+from cockpit import access
+from cockpit.api import api, key_or_session, session_auth
+from cockpit.audit import Actor
+from cockpit.models import ApiKey, Scope
+from cockpit.roles import TeamPerm
+from fleet.models import Agent, Risk, Tool
+
+router = Router(tags=["approvals"])
+MAX_WAIT_SECONDS = 30
+POLICY = "policy"
+
+
+class ApprovalIn(Schema):
+    agent: str = Field(description="the agent's slug (an agent of the API key's team)")
+    action: str = Field(max_length=160, description="what it wants to do: a tool name, e.g. payments.refund")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="exactly as they would execute")
+    reasoning: str = Field("", max_length=8000, description="why the agent wants to do it")
+    confidence: float | None = Field(None, ge=0, le=1)
+    risk: Risk = Field(Risk.MEDIUM, description="used when Cockpit does not know the tool")
+    side_effect: bool = Field(True, description="used when Cockpit does not know the tool")
+    context: dict[str, Any] = Field(default_factory=dict, description="more policy context, e.g. customer_segment")
+    external_ref: str = Field("", max_length=200, description="the run or task in the agent's own system")
+    callback_url: str | None = Field(None, max_length=500, description="receives a signed POST when decided")
+    team: str | None = Field(None, description="team slug (signed-in users in several teams)")
+
+
+class ApprovalOut(Schema):
+    id: int
+    kind: str
+    status: str
+    team: str = Field(alias="team.slug")
+    agent: str = Field(alias="agent.slug")
+    action: str
+    arguments: dict[str, Any]
+    edited_arguments: dict[str, Any] | None
+    final_arguments: dict[str, Any]
+    reasoning: str
+    confidence: float | None
+    risk: str
+    level: int
+    deadline: datetime
+    policy: str = Field(description="why a human must decide (or why policy decided)")
+    decided_by: str | None = Field(None, alias="decided_by_label")
+    decided_at: datetime | None
+    decision_reason: str
+    external_ref: str
+    run: int | None = Field(None, alias="run_id")
+    created_at: datetime
+
+    @staticmethod
+    def resolve_policy(request: ApprovalRequest) -> str:
+        return request.policy_decision.get("explain") or request.policy_decision.get("reason", "")
+
+    @staticmethod
+    def resolve_decided_by(request: ApprovalRequest) -> str | None:
+        return request.decided_by_label or None
+
+
+class ApprovalPageOut(Schema):
+    items: list[ApprovalOut]
+    next_before: int | None
+
+
+class DecisionIn(Schema):
+    decision: Literal["approve", "reject"]
+    reason: str = Field("", max_length=4000, description="required to reject")
+    edited_arguments: dict[str, Any] | None = Field(None, description="approve with these arguments instead")
+
+
+def _requests() -> Any:
+    return ApprovalRequest.objects.select_related("team", "agent")
+
+
+def _request_for(principal: Any, approval_id: int) -> ApprovalRequest:
+    found = access.scope_to_principal(_requests(), principal).filter(pk=approval_id).first()
+    if found is None:
+        raise Http404
+    return found
+
+
+@router.post(
+    "/approvals",
+    response={200: ApprovalOut, 201: ApprovalOut},
+    auth=key_or_session(Scope.APPROVALS),
+    summary="Ask for a decision (policy may decide at once)",
+)
+def approval_create(request: HttpRequest, payload: ApprovalIn) -> Status:
+    principal = request.auth  # type: ignore[attr-defined]
+    agents = access.scope_to_principal(
+        Agent.objects.select_related("team"),
+        principal,
+        TeamPerm.VIEW if isinstance(principal, ApiKey) else TeamPerm.OPERATE,
+    )
+    if payload.team:
+        agents = agents.filter(team__slug=payload.team)
+    matches = list(agents.filter(slug=payload.agent)[:2])
+    if not matches:
+        raise Http404
+    if len(matches) > 1:
+        raise ValidationError({"team": f"Several of your teams have an agent {payload.agent!r}: say which team."})
+    agent = matches[0]
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if key:
+        existing = ApprovalRequest.objects.filter(team=agent.team, idempotency_key=key).first()
+        if existing is not None:
+            return Status(200, existing)
+    tool = Tool.objects.filter(name=payload.action).first()
+    risk, side_effect = (tool.risk, tool.side_effect) if tool else (payload.risk, payload.side_effect)
+    context = cedar.context_for(args=payload.arguments, confidence=payload.confidence, extra=payload.context, sample=0)
+    verdict, policies = judge(
+        team=agent.team, agent=agent, tool=payload.action, risk=risk, side_effect=side_effect, context=context
+    )
+    status = (
+        ApprovalStatus.REJECTED
+        if not verdict.allowed
+        else ApprovalStatus.APPROVED
+        if verdict.unattended
+        else ApprovalStatus.PENDING
+    )
+    created, _ = approval_request_create(
+        actor=Actor.from_request(request),
+        agent=agent,
+        action=payload.action,
+        arguments=payload.arguments,
+        reasoning=payload.reasoning,
+        confidence=payload.confidence,
+        risk=risk,
+        policy_decision={"explain": verdict.explain(), "policies": [p.ref for p in policies], "context": context},
+        policy=policies[-1] if policies else None,
+        external_ref=payload.external_ref,
+        idempotency_key=key,
+        callback_url=payload.callback_url or "",
+        status=status,
+        decided_by_label=POLICY if status != ApprovalStatus.PENDING else "",
+    )
+    return Status(201, created)
+
+
+class ApprovalFilter(Schema):
+    status: ApprovalStatus | None = None
+    agent: str | None = None
+    before: int | None = None
+    limit: int = Field(50, ge=1, le=200)
+
+
+@router.get(
+    "/approvals",
+    response=ApprovalPageOut,
+    auth=key_or_session(Scope.APPROVALS),
+    summary="Requests, soonest deadline first",
+)
+def approval_list(request: HttpRequest, filters: Query[ApprovalFilter]) -> dict[str, Any]:
+    rows = access.scope_to_principal(_requests(), request.auth)  # type: ignore[attr-defined]
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    if filters.agent:
+        rows = rows.filter(agent__slug=filters.agent)
+    if filters.before:
+        rows = rows.filter(pk__lt=filters.before)
+    items = list(rows.order_by("-id")[: filters.limit])
+    return {"items": items, "next_before": items[-1].pk if len(items) == filters.limit else None}
+
+
+@router.get(
+    "/approvals/{approval_id}",
+    response=ApprovalOut,
+    auth=key_or_session(Scope.APPROVALS),
+    summary="One request (long-poll for the decision with ?wait=seconds)",
+)
+async def approval_detail(
+    request: HttpRequest, approval_id: int, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
+) -> ApprovalRequest:
+    """With ``wait``, a pending request is held until it is decided (or escalates, expires, is
+    withdrawn) or ``wait`` seconds pass."""
+    principal = request.auth  # type: ignore[attr-defined]
+    found = await sync_to_async(_request_for)(principal, approval_id)
+    if wait == 0 or not found.is_pending:
+        return found
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    group = f"approval.{approval_id}"
+    await layer.group_add(group, channel)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    try:
+        while (remaining := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(layer.receive(channel), timeout=min(remaining, 5))
+            found = await sync_to_async(_request_for)(principal, approval_id)
+            if not found.is_pending:
+                return found
+    finally:
+        await layer.group_discard(group, channel)
+    return found
+
+
+@router.post(
+    "/approvals/{approval_id}/decision",
+    response=ApprovalOut,
+    auth=session_auth,
+    summary="Decide: approve (optionally with edited arguments) or reject (with a reason)",
+)
+def approval_decision(request: HttpRequest, approval_id: int, payload: DecisionIn) -> ApprovalRequest:
+    found = _request_for(request.user, approval_id)
+    return approval_decide(
+        actor=Actor.from_request(request),
+        request=found,
+        approve=payload.decision == "approve",
+        reason=payload.reason,
+        edited_arguments=payload.edited_arguments,
+    )
+
+
+@api.exception_handler(AlreadyDecided)
+def _on_already_decided(request: HttpRequest, exc: AlreadyDecided) -> HttpResponse:
+    return api.create_response(request, {"detail": " ".join(exc.messages)}, status=409)
