@@ -58,7 +58,7 @@ class Policy(models.Model):
     @property
     def ref(self) -> str:
         """How decisions cite it: "global v3" or "support v2"."""
-        return f"{'global' if self.team_id is None else self.team.slug} v{self.version}"
+        return f"{self.team.slug if self.team is not None else 'global'} v{self.version}"
 
 
 class ActivePolicy(models.Model):
@@ -137,7 +137,7 @@ class EscalationLevel(models.Model):
 
     @property
     def who(self) -> str:
-        return self.group.name if self.group_id else "any approver of the team"
+        return self.group.name if self.group is not None else "any approver of the team"
 
 
 # --- Requests ---------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from cockpit.routing import websocket_urlpatterns  # noqa: E402
 from cockpit.telemetry import configure_tracing  # noqa: E402
+from traces.receiver import BodyLimit  # noqa: E402
 
 configure_tracing("cockpit-web")
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": BodyLimit(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

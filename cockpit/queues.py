@@ -30,6 +30,7 @@ CELERY_TASK_ROUTES = {
     "fleet.tasks.demo_start_runs": {"queue": Queue.MAINTENANCE.value},
     "fleet.tasks.*": {"queue": Queue.RUNS.value},
     "approvals.tasks.*": {"queue": Queue.ESCALATIONS.value},
+    "traces.tasks.traces_purge": {"queue": Queue.MAINTENANCE.value},
     "traces.tasks.*": {"queue": Queue.INGEST.value},
     "finops.tasks.*": {"queue": Queue.ROLLUPS.value},
     "cockpit.tasks.maintenance_*": {"queue": Queue.MAINTENANCE.value},

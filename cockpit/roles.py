@@ -3,7 +3,7 @@
 A role is held either for one team (a ``Membership``: guardian object permissions on that
 ``Team``) or organisation-wide (membership of the role's ``Group``: model-level permissions,
 valid for every team). ``cockpit.access`` answers "may this user do X for team T" from both.
-The groups and their permissions are created by a data migration from ``ROLE_PERMISSIONS``.
+The groups and their permissions are kept in step with ``ROLE_PERMISSIONS`` after every migrate.
 """
 
 from __future__ import annotations

@@ -30,6 +30,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 240},
     },
+    # Trace retention (COCKPIT_TRACE_RETENTION_DAYS): old traces are deleted a batch at a time.
+    "traces-purge": {
+        "task": "traces.tasks.traces_purge",
+        "schedule": crontab(minute="*/10"),
+        "options": {"expires": 540},
+    },
     # `make demo` only (the task checks COCKPIT_DEMO): start a demo run now and then.
     "demo-start-runs": {
         "task": "fleet.tasks.demo_start_runs",

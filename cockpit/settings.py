@@ -340,6 +340,17 @@ COCKPIT = {
     "BREAKER_RESET_SECONDS": env_int("COCKPIT_BREAKER_RESET_SECONDS", 30, minimum=1),
     # The demo keeps its agents busy: a new run every this many seconds (0: none).
     "DEMO_RUN_INTERVAL_SECONDS": env_int("COCKPIT_DEMO_RUN_INTERVAL", 20, minimum=0),
+    # OTLP ingestion: the largest body accepted as sent and once gunzipped (413 above either),
+    # the longest string kept in an attribute (longer ones are cut, visibly), and how many
+    # requests one web process stores at once (more wait up to OTLP_QUEUE_SECONDS, then get
+    # 503 with Retry-After, which OTLP exporters honour).
+    "OTLP_MAX_BODY_BYTES": env_int("COCKPIT_OTLP_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024),
+    "OTLP_MAX_INFLATED_BYTES": env_int("COCKPIT_OTLP_MAX_INFLATED_BYTES", 64 * 1024 * 1024, minimum=1024),
+    "OTLP_MAX_VALUE_CHARS": env_int("COCKPIT_OTLP_MAX_VALUE_CHARS", 16 * 1024, minimum=64),
+    "OTLP_CONCURRENCY": env_int("COCKPIT_OTLP_CONCURRENCY", 4, minimum=1),
+    "OTLP_QUEUE_SECONDS": env_float("COCKPIT_OTLP_QUEUE_SECONDS", 5, minimum=0),
+    # Traces older than this many days are deleted, a batch at a time (incidents' traces stay).
+    "TRACE_RETENTION_DAYS": env_int("COCKPIT_TRACE_RETENTION_DAYS", 30, minimum=1),
 }
 # Where people reach Cockpit (links in notifications), and the key signing the callbacks sent to
 # external agents about their approval requests.

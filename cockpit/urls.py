@@ -8,6 +8,7 @@ from django.urls import include, path
 
 from cockpit import views
 from cockpit.api import api
+from traces.receiver import otlp_traces
 
 # Each app mounts its REST router here; apps never import one another's APIs.
 api.add_router("/", "fleet.api.router")
@@ -37,5 +38,6 @@ urlpatterns = [
     path("traces/", include("traces.urls")),
     path("finops/", include("finops.urls")),
     path("api/v1/", api.urls),
+    path("v1/traces", otlp_traces, name="otlp-traces"),
     path("admin/", admin.site.urls),
 ]

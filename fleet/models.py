@@ -550,22 +550,3 @@ class Step(models.Model):
         if self.ended_at is None:
             return None
         return (self.ended_at - self.started_at).total_seconds()
-
-
-class RunSpan(models.Model):
-    """Spans the runtime emits, kept until the trace store takes them over (see
-    ``fleet.telemetry``). One row per finished span."""
-
-    trace_id = models.CharField(max_length=32, db_index=True)
-    span_id = models.CharField(max_length=16)
-    parent_span_id = models.CharField(max_length=16, blank=True)
-    name = models.CharField(max_length=200)
-    start = models.DateTimeField()
-    end = models.DateTimeField()
-    status = models.CharField(max_length=10, blank=True)
-    attributes = models.JSONField(default=dict)
-    events = models.JSONField(default=list)
-
-    class Meta:
-        ordering = ["start"]
-        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id"], name="runspan_unique")]

@@ -9,7 +9,7 @@ The runtime asks three questions it cannot answer itself, and hands over what it
 
 Each has a default that works on its own: side-effecting tools of tier 3–4 agents wait for a
 human (an operator's resume counts as the approval); a run stops at its own budget; simulated
-models carry their made-up prices, real models are unpriced; spans go to ``RunSpan``. A higher
+models carry their made-up prices, real models are unpriced; spans are discarded. A higher
 app replaces one with ``register(...)`` in its ``AppConfig.ready()``.
 """
 
@@ -170,33 +170,11 @@ class SpanSink(Protocol):
     def write(self, spans: Sequence[ReadableSpan]) -> None: ...
 
 
-class RunSpanTable:
-    """Keeps finished spans in ``fleet.RunSpan`` (one row per span; a re-emitted span is kept once)."""
+class DiscardSpans:
+    """Without a trace store installed, runtime spans are not kept (the run's journal is)."""
 
     def write(self, spans: Sequence[ReadableSpan]) -> None:
-        from datetime import UTC, datetime
-
-        from fleet.models import RunSpan
-
-        rows = []
-        for span in spans:
-            context = span.get_span_context()
-            if context is None:
-                continue
-            rows.append(
-                RunSpan(
-                    trace_id=f"{context.trace_id:032x}",
-                    span_id=f"{context.span_id:016x}",
-                    parent_span_id=f"{span.parent.span_id:016x}" if span.parent else "",
-                    name=span.name,
-                    start=datetime.fromtimestamp((span.start_time or 0) / 1e9, tz=UTC),
-                    end=datetime.fromtimestamp((span.end_time or 0) / 1e9, tz=UTC),
-                    status=span.status.status_code.name.lower(),
-                    attributes=dict(span.attributes or {}),
-                    events=[{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
-                )
-            )
-        RunSpan.objects.bulk_create(rows, ignore_conflicts=True)
+        return None
 
 
 # --- Registration -----------------------------------------------------------------------------
@@ -214,7 +192,7 @@ current = _Seams(
     approval_gate=InterimApprovalGate(),
     budget_guard=RunBudgetGuard(),
     pricer=SimulatedPricer(),
-    span_sink=RunSpanTable(),
+    span_sink=DiscardSpans(),
 )
 
 

@@ -412,13 +412,13 @@ def test_the_sweeper_re_enqueues_orphaned_runs_once(make_agent, start) -> None:
 
 
 def test_runtime_spans_follow_the_genai_conventions(make_agent, start, django_capture_on_commit_callbacks) -> None:
-    from fleet.models import RunSpan
+    from traces.models import Span, Trace
 
     run = start(make_agent("test-llm", primary_model="sim/sim-large"))
     with django_capture_on_commit_callbacks(execute=True):
         run = execute(run)
     telemetry.flush()
-    spans = {s.name: s for s in RunSpan.objects.filter(trace_id=run.trace_id)}
+    spans = {s.name: s for s in Span.objects.filter(trace_id=run.trace_id)}
     root = spans["invoke_agent Test-Llm"]
     chat = spans["chat sim-large"]
     assert chat.parent_span_id == root.span_id and root.parent_span_id == ""
@@ -429,6 +429,14 @@ def test_runtime_spans_follow_the_genai_conventions(make_agent, start, django_ca
     assert chat.attributes["gen_ai.conversation.id"] == str(run.pk)
     assert root.attributes["gen_ai.operation.name"] == "invoke_agent"
     assert Decimal(str(root.attributes["cockpit.cost_usd"])) == run.cost.quantize(Decimal("0.000001"))
+    # stored with their typed columns, linked to the run and agent, in one summary row
+    assert (chat.span_type, chat.model, chat.provider, chat.run_id, chat.agent_id) == (
+        "llm", "sim-large", "simulated", run.pk, run.agent_id)
+    assert (root.span_type, root.cost) == ("agent", None)  # the root's cost is the total, not its own
+    summary = Trace.objects.get(trace_id=run.trace_id)
+    assert (summary.root_name, summary.run_id, summary.agent_id, summary.span_count) == (
+        root.name, run.pk, run.agent_id, len(spans))
+    assert summary.cost == run.cost.quantize(Decimal("0.000001"))
 
 
 def test_losing_the_database_does_not_fail_the_run(make_agent, start) -> None:

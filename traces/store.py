@@ -1,0 +1,407 @@
+"""Writing span rows: linked to the team's agents and runs, priced, stored in bulk (``COPY`` on
+PostgreSQL), with each trace's summary row brought up to date and unknown agents recorded as
+discovered — all in one transaction, so a request is stored whole or not at all.
+
+Concurrent writers of the same trace are serialised by locking its summary row (in trace id
+order, so two requests never wait on each other in a cycle) before spans are checked for
+re-delivery: a span sent twice is stored once, even when both copies arrive at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils.text import slugify
+
+from cockpit import live
+from cockpit.models import Team
+from traces.models import DiscoveredAgent, Span, StatusCode, Trace, TraceStatus
+from traces.semconv import SpanType
+
+COLUMNS = (
+    "team_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "span_type",
+    "start_time",
+    "end_time",
+    "duration_us",
+    "status_code",
+    "status_message",
+    "error_type",
+    "service_name",
+    "scope_name",
+    "agent_id",
+    "agent_key",
+    "agent_name",
+    "agent_version",
+    "run_id",
+    "conversation_id",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "reasoning_tokens",
+    "cost",
+    "tool_name",
+    "attributes",
+    "events",
+    "links",
+    "resource",
+    "truncated",
+    "received_at",
+)
+JSON_COLUMNS = frozenset({"attributes", "events", "links", "resource"})
+# Spans whose tokens and cost are their own (not a total of the spans below them).
+LEAF_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING, SpanType.TOOL, SpanType.RETRIEVAL, SpanType.GUARDRAIL})
+SEARCH_CHARS = 4000
+COST_PLACES = Decimal("0.000001")
+
+
+@dataclass
+class Stored:
+    spans: int = 0
+    duplicates: int = 0
+    traces: list[int] = field(default_factory=list)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# --- Linking to the fleet ---------------------------------------------------------------------
+
+
+class _Links:
+    """The team's agents and the runs these rows name, read once per batch."""
+
+    def __init__(self, team: Team, rows: list[dict[str, Any]]) -> None:
+        from fleet.models import Agent, Run
+
+        self.team = team
+        self.agents: dict[str, int] = {}
+        for pk, slug, name in Agent.objects.filter(team=team).values_list("id", "slug", "name"):
+            for key in (slug, f"{team.slug}/{slug}", name.lower(), slugify(name)):
+                self.agents.setdefault(key, pk)
+        for key, agent_id in DiscoveredAgent.objects.filter(team=team, adopted_as__isnull=False).values_list(
+            "key", "adopted_as_id"
+        ):
+            self.agents[key] = agent_id
+            self.agents[key.lower()] = agent_id
+        run_pks: set[int] = set()
+        refs: set[str] = set()
+        trace_ids: set[str] = set()
+        for row in rows:
+            trace_ids.add(row["trace_id"])
+            run_attr = row["attributes"].get("cockpit.run_id")
+            if isinstance(run_attr, int) or (isinstance(run_attr, str) and run_attr.isdigit()):
+                run_pks.add(int(run_attr))
+            conversation = row["conversation_id"]
+            if conversation:
+                refs.add(conversation)
+                if conversation.isdigit() and len(conversation) < 18:
+                    run_pks.add(int(conversation))
+        self.runs: dict[int, int] = {}  # run pk -> agent pk
+        self.run_by_trace: dict[str, int] = {}
+        self.run_by_ref: dict[str, int] = {}
+        if run_pks or refs or trace_ids:
+            found = Run.objects.filter(team=team).filter(
+                Q(pk__in=run_pks) | Q(trace_id__in=trace_ids) | Q(external_ref__in=refs)
+            )
+            for pk, agent_id, trace_id, ref in found.values_list("id", "agent_id", "trace_id", "external_ref"):
+                self.runs[pk] = agent_id
+                self.run_by_trace[trace_id] = pk
+                if ref:
+                    self.run_by_ref[ref] = pk
+
+    def agent_for(self, row: dict[str, Any]) -> int | None:
+        for key in (row["agent_key"], row["agent_name"]):
+            if key:
+                found = self.agents.get(key) or self.agents.get(key.lower()) or self.agents.get(slugify(key))
+                if found:
+                    return found
+        return None
+
+    def run_for(self, row: dict[str, Any]) -> int | None:
+        run_attr = row["attributes"].get("cockpit.run_id")
+        if run_attr is not None and str(run_attr).isdigit() and int(run_attr) in self.runs:
+            return int(run_attr)
+        found = self.run_by_trace.get(row["trace_id"])
+        if found is not None:
+            return found
+        conversation = row["conversation_id"]
+        if conversation:
+            if conversation in self.run_by_ref:
+                return self.run_by_ref[conversation]
+            if conversation.isdigit() and len(conversation) < 18 and int(conversation) in self.runs:
+                return int(conversation)
+        return None
+
+
+def _price(row: dict[str, Any]) -> Decimal | None:
+    """The span's own cost: what Cockpit's runtime recorded, else the pricer seam's figure."""
+    if row["span_type"] not in LEAF_TYPES:
+        return None
+    recorded = row["attributes"].get("cockpit.cost_usd")
+    if recorded is not None and not isinstance(recorded, bool):
+        try:
+            return Decimal(str(recorded)).quantize(COST_PLACES)
+        except (InvalidOperation, ValueError):
+            return None
+    if row["span_type"] not in (SpanType.LLM, SpanType.EMBEDDING) or not row["model"]:
+        return None
+    if not (row["input_tokens"] or row["output_tokens"]):
+        return None
+    from fleet import seams
+    from fleet.providers.base import Usage
+
+    price = seams.current.pricer.price(
+        provider_system=row["provider"],
+        model=row["model"],
+        usage=Usage(
+            input_tokens=row["input_tokens"] or 0,
+            output_tokens=row["output_tokens"] or 0,
+            cache_read_tokens=row["cache_read_tokens"] or 0,
+            reasoning_tokens=row["reasoning_tokens"] or 0,
+        ),
+    )
+    return None if price is None else Decimal(price).quantize(COST_PLACES)
+
+
+# --- Summaries --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Summary:
+    started_at: datetime
+    ended_at: datetime
+    spans: int = 0
+    errors: int = 0
+    llm: int = 0
+    tools: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal | None = None
+    root: tuple[str, str, str, int] | None = None
+    service_name: str = ""
+    agent_id: int | None = None
+    agent_name: str = ""
+    agent_key: str = ""
+    run_id: int | None = None
+    models: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.spans += 1
+        self.started_at = min(self.started_at, row["start_time"])
+        self.ended_at = max(self.ended_at, row["end_time"])
+        if row["status_code"] == StatusCode.ERROR:
+            self.errors += 1
+        kind = row["span_type"]
+        if kind == SpanType.LLM:
+            self.llm += 1
+        elif kind == SpanType.TOOL:
+            self.tools += 1
+        if kind in LEAF_TYPES:
+            self.input_tokens += row["input_tokens"] or 0
+            self.output_tokens += row["output_tokens"] or 0
+        if row["cost"] is not None:
+            self.cost = (self.cost or Decimal(0)) + row["cost"]
+        if not row["parent_span_id"]:
+            self.root = (row["name"], row["span_id"], kind, row["status_code"])
+        if row["service_name"] and (not self.service_name or not row["parent_span_id"]):
+            self.service_name = row["service_name"]
+        if row["agent_id"] and (self.agent_id is None or kind == SpanType.AGENT):
+            self.agent_id = row["agent_id"]
+        if (row["agent_name"] or row["agent_key"]) and (not self.agent_name or kind == SpanType.AGENT):
+            self.agent_name = row["agent_name"] or row["agent_key"]
+            self.agent_key = row["agent_key"] or row["agent_name"]
+        if row["run_id"] and self.run_id is None:
+            self.run_id = row["run_id"]
+        if row["model"]:
+            self.models.add(row["model"])
+        self.names.add(row["name"].lower())
+        if row["tool_name"]:
+            self.names.add(row["tool_name"].lower())
+
+    def merge_into(self, trace: Trace, now: datetime) -> None:
+        fresh = trace.span_count == 0
+        trace.started_at = self.started_at if fresh else min(trace.started_at, self.started_at)
+        trace.ended_at = self.ended_at if fresh else max(trace.ended_at, self.ended_at)
+        trace.duration_us = int((trace.ended_at - trace.started_at).total_seconds() * 1_000_000)
+        trace.span_count += self.spans
+        trace.error_count += self.errors
+        trace.llm_count += self.llm
+        trace.tool_count += self.tools
+        trace.input_tokens += self.input_tokens
+        trace.output_tokens += self.output_tokens
+        if self.cost is not None:
+            trace.cost = (trace.cost or Decimal(0)) + self.cost
+        if self.root is not None:
+            trace.root_name, trace.root_span_id, trace.root_type, root_status = self.root
+            trace.status = TraceStatus.ERROR if root_status == StatusCode.ERROR else TraceStatus.OK
+            trace.service_name = self.service_name or trace.service_name
+        elif not trace.service_name:
+            trace.service_name = self.service_name
+        if self.agent_id and (trace.agent_id is None or self.root is not None):
+            trace.agent_id = self.agent_id
+        if self.agent_name and (not trace.agent_name or self.root is not None):
+            trace.agent_name, trace.agent_key = self.agent_name, self.agent_key
+        trace.run_id = trace.run_id or self.run_id
+        models = {m for m in trace.model_names.split("|") if m} | self.models
+        trace.model_names = f"|{'|'.join(sorted(models))}|" if models else ""
+        names = {n for n in trace.search.split("\n") if n} | self.names
+        trace.search = "\n".join(sorted(names))[:SEARCH_CHARS]
+        trace.updated_at = now
+
+
+SUMMARY_FIELDS = [
+    "started_at",
+    "ended_at",
+    "duration_us",
+    "span_count",
+    "error_count",
+    "llm_count",
+    "tool_count",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "root_name",
+    "root_span_id",
+    "root_type",
+    "service_name",
+    "agent_id",
+    "agent_name",
+    "agent_key",
+    "run_id",
+    "status",
+    "model_names",
+    "search",
+    "updated_at",
+]
+
+
+# --- Writing ----------------------------------------------------------------------------------
+
+
+def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
+    """Store ``rows`` (from ``traces.normalise``) for ``team``; spans already stored are skipped."""
+    stored = Stored()
+    unique: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault((row["trace_id"], row["span_id"]), row)
+    stored.duplicates = len(rows) - len(unique)
+    if not unique:
+        return stored
+    rows = list(unique.values())
+    links = _Links(team, rows)
+    discovered: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        row["team_id"] = team.pk
+        row["run_id"] = links.run_for(row)
+        agent_id = links.agent_for(row)
+        if agent_id is None and (row["agent_key"] or row["agent_name"]):
+            key = row["agent_key"] or row["agent_name"]
+            seen = discovered.setdefault(key, {"name": row["agent_name"], "service": row["service_name"], "n": 0})
+            seen["n"] += 1
+        if agent_id is None and row["run_id"] is not None:
+            agent_id = links.runs.get(row["run_id"])
+        row["agent_id"] = agent_id
+        row["cost"] = _price(row)
+    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_trace[row["trace_id"]].append(row)
+    trace_ids = sorted(by_trace)
+
+    with transaction.atomic():
+        Trace.objects.bulk_create(
+            [
+                Trace(
+                    team=team,
+                    trace_id=trace_id,
+                    started_at=min(r["start_time"] for r in by_trace[trace_id]),
+                    ended_at=max(r["end_time"] for r in by_trace[trace_id]),
+                    updated_at=now,
+                )
+                for trace_id in trace_ids
+            ],
+            ignore_conflicts=True,
+        )
+        summaries = list(
+            Trace.objects.select_for_update().filter(team=team, trace_id__in=trace_ids).order_by("trace_id")
+        )
+        existing = set(Span.objects.filter(team=team, trace_id__in=trace_ids).values_list("trace_id", "span_id"))
+        new_rows = [r for r in rows if (r["trace_id"], r["span_id"]) not in existing]
+        stored.duplicates += len(rows) - len(new_rows)
+        if new_rows:
+            _insert(new_rows)
+        aggregates: dict[str, _Summary] = {}
+        for row in new_rows:
+            summary = aggregates.get(row["trace_id"])
+            if summary is None:
+                summary = aggregates[row["trace_id"]] = _Summary(row["start_time"], row["end_time"])
+            summary.add(row)
+        changed = []
+        for trace in summaries:
+            if trace.trace_id in aggregates:
+                aggregates[trace.trace_id].merge_into(trace, now)
+                changed.append(trace)
+        if changed:
+            Trace.objects.bulk_update(changed, SUMMARY_FIELDS)
+        if discovered:
+            _discovered_upsert(team, discovered, now)
+        stored.spans = len(new_rows)
+        stored.traces = [t.pk for t in changed]
+        if new_rows:
+            live.publish(
+                {"type": "traces.arrived", "spans": len(new_rows), "traces": len(changed)},
+                team_id=team.pk,
+                coalesce=f"traces.arrived:{team.pk}",
+            )
+            for trace in changed:
+                live.publish(
+                    {"type": "trace.spans", "trace": trace.pk},
+                    team_id=team.pk,
+                    topics=[f"trace.{trace.pk}"],
+                    team_wide=False,
+                    coalesce=f"trace.spans:{trace.pk}",
+                )
+    return stored
+
+
+def _insert(rows: list[dict[str, Any]]) -> None:
+    if connection.vendor == "postgresql":
+        with (
+            connection.cursor() as cursor,
+            cursor.cursor.copy(f"COPY {Span._meta.db_table} ({', '.join(COLUMNS)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row([_dumps(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS])
+        return
+    Span.objects.bulk_create([Span(**{c: row[c] for c in COLUMNS}) for row in rows], batch_size=500)
+
+
+def _discovered_upsert(team: Team, seen: dict[str, dict[str, Any]], now: datetime) -> None:
+    table = DiscoveredAgent._meta.db_table
+    with connection.cursor() as cursor:
+        for key in sorted(seen):
+            info = seen[key]
+            cursor.execute(
+                f"INSERT INTO {table} (team_id, key, name, service_name, first_seen, last_seen, span_count, "
+                "adopted_by_label) VALUES (%s, %s, %s, %s, %s, %s, %s, '') "
+                f"ON CONFLICT (team_id, key) DO UPDATE SET last_seen = EXCLUDED.last_seen, "
+                f"span_count = {table}.span_count + EXCLUDED.span_count, "
+                f"name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE {table}.name END",
+                [team.pk, key[:200], info["name"][:200], info["service"][:200], now, now, info["n"]],
+            )
