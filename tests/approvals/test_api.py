@@ -147,3 +147,28 @@ def test_the_openapi_document_describes_approvals(client) -> None:
     paths = client.get("/api/v1/openapi.json").json()["paths"]
     assert {"/api/v1/approvals", "/api/v1/approvals/{approval_id}", "/api/v1/approvals/{approval_id}/decision"} <= set(paths)
     assert ApprovalStatus.PENDING in json.dumps(client.get("/api/v1/openapi.json").json())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_readme_client_acts_on_exactly_what_was_approved(key, crm, approvers, web_process, monkeypatch) -> None:
+    """The example client in the README, run as printed against a real server."""
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    code = readme.split("### Asking for approval from your own agent", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0]
+    monkeypatch.setenv("COCKPIT_URL", web_process[1])
+    monkeypatch.setenv("COCKPIT_API_KEY", key)
+    merged: list[dict] = []
+    namespace = {"merge_accounts": lambda **arguments: merged.append(arguments)}
+    client = threading.Thread(target=exec, args=(code, namespace))
+    client.start()
+    deadline = time.monotonic() + 20
+    while not (pending := ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING).first()):
+        assert time.monotonic() < deadline, "the README client never asked"
+        time.sleep(0.1)
+    assert pending.external_ref == "sync-job-981" and pending.arguments == {"keep": "C-1042", "merge": "C-2077"}
+    time.sleep(0.5)
+    approval_decide(actor=Actor.for_user(approvers["ben"]), request=pending, approve=True,
+                    edited_arguments={"keep": "C-2077", "merge": "C-1042"})
+    client.join(timeout=20)
+    assert not client.is_alive()
+    assert merged == [{"keep": "C-2077", "merge": "C-1042"}]
