@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from django.urls import path
-
-from traces import views
+from django.urls import include, path
 
 urlpatterns = [
-    path("", views.trace_list, name="traces"),
+    path("", include("traces.urls_explorer")),  # the trace list and the trace view
+    path("", include("traces.urls_incidents")),  # incidents, discovered agents, exports
 ]
