@@ -330,6 +330,9 @@ def _test_env() -> dict[str, str]:
     # Retries back off for milliseconds, not seconds.
     env.setdefault("COCKPIT_RETRY_BASE_SECONDS", "0.01")
     env.setdefault("COCKPIT_RETRY_MAX_WAIT_SECONDS", "0.05")
+    # In-process tests store runtime spans at once, inside the test's transaction (worker
+    # processes the tests start batch them, as in production: tests/support/processes.py).
+    env.setdefault("COCKPIT_SPAN_EXPORT_DELAY_MS", "0")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

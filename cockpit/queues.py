@@ -28,6 +28,7 @@ CELERY_TASK_ROUTES = {
     # Housekeeping first: a flood of runs must not delay the sweeper that rescues them.
     "fleet.tasks.run_sweep": {"queue": Queue.MAINTENANCE.value},
     "fleet.tasks.demo_start_runs": {"queue": Queue.MAINTENANCE.value},
+    "fleet.tasks.run_spans_sweep": {"queue": Queue.MAINTENANCE.value},
     "fleet.tasks.*": {"queue": Queue.RUNS.value},
     "approvals.tasks.*": {"queue": Queue.ESCALATIONS.value},
     "traces.tasks.traces_purge": {"queue": Queue.MAINTENANCE.value},

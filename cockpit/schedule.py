@@ -17,6 +17,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 10.0,
         "options": {"expires": 10},
     },
+    # Completes the traces of ended runs whose worker died before storing its last spans.
+    "runs-spans-sweep": {
+        "task": "fleet.tasks.run_spans_sweep",
+        "schedule": 10.0,
+        "options": {"expires": 10},
+    },
     # Approval deadlines: escalate to the next level, or expire as rejected. Every second, so a
     # deadline is acted on within about a second; the deadlines themselves are database columns.
     "approvals-escalation-sweep": {

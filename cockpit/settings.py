@@ -340,6 +340,9 @@ COCKPIT = {
     "BREAKER_RESET_SECONDS": env_int("COCKPIT_BREAKER_RESET_SECONDS", 30, minimum=1),
     # The demo keeps its agents busy: a new run every this many seconds (0: none).
     "DEMO_RUN_INTERVAL_SECONDS": env_int("COCKPIT_DEMO_RUN_INTERVAL", 20, minimum=0),
+    # Runtime spans are stored in background batches this often (0: at once, in the run's own
+    # thread — the in-process test suite uses that, so spans land in the test's transaction).
+    "SPAN_EXPORT_DELAY_MS": env_int("COCKPIT_SPAN_EXPORT_DELAY_MS", 500, minimum=0),
     # OTLP ingestion: the largest body accepted as sent and once gunzipped (413 above either),
     # the longest string kept in an attribute (longer ones are cut, visibly), and how many
     # requests one web process stores at once (more wait up to OTLP_QUEUE_SECONDS, then get

@@ -17,7 +17,7 @@ class FleetConfig(AppConfig):
 
     def ready(self) -> None:
         from django.conf import settings
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
         from cockpit import access, live, telemetry
         from cockpit.roles import TeamPerm
@@ -41,7 +41,16 @@ class FleetConfig(AppConfig):
 
         live.register_topic("run", can_view("Run"))
         live.register_topic("agent", can_view("Agent"))
-        telemetry.register_span_processor(lambda: SimpleSpanProcessor(SinkExporter()))
+        # Spans are stored in the background, in batches (a step's journal write stays one
+        # statement); what a dying worker had not stored yet is re-emitted when its run ends.
+        delay = int(settings.COCKPIT["SPAN_EXPORT_DELAY_MS"])
+        telemetry.register_span_processor(
+            lambda: (
+                BatchSpanProcessor(SinkExporter(), schedule_delay_millis=delay, max_export_batch_size=512)
+                if delay
+                else SimpleSpanProcessor(SinkExporter())
+            )
+        )
         post_migrate.connect(_sync_tools, sender=self, dispatch_uid="fleet.tools_sync")
 
 

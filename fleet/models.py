@@ -362,6 +362,9 @@ class Run(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     executions = models.PositiveIntegerField(default=0)
+    # Set once the trace store is known to hold every span of the ended run (see
+    # fleet.telemetry.reconcile); until then the spans sweep looks at it.
+    spans_complete_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -381,6 +384,11 @@ class Run(models.Model):
             # What the sweeper looks at: running runs by lease, queued runs by age.
             models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="run_running_lease"),
             models.Index(fields=["created_at"], condition=Q(status="queued"), name="run_queued_age"),
+            models.Index(
+                fields=["ended_at"],
+                condition=Q(kind="managed", ended_at__isnull=False, spans_complete_at__isnull=True),
+                name="run_spans_incomplete",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -169,11 +169,18 @@ class SimulatedPricer:
 class SpanSink(Protocol):
     def write(self, spans: Sequence[ReadableSpan]) -> None: ...
 
+    def stored_span_ids(self, run: Run) -> set[str] | None:
+        """Ids (hex) of the run's spans the sink holds; ``None`` if it cannot tell."""
+        ...
+
 
 class DiscardSpans:
     """Without a trace store installed, runtime spans are not kept (the run's journal is)."""
 
     def write(self, spans: Sequence[ReadableSpan]) -> None:
+        return None
+
+    def stored_span_ids(self, run: Run) -> set[str] | None:
         return None
 
 

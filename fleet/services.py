@@ -867,7 +867,7 @@ def _add_to_run(run: Run, owner: str, step: Step) -> None:
 def _after_step(run: Run, step: Step) -> None:
     from fleet import telemetry
 
-    telemetry.emit_step(run, step)  # stored in this same transaction: one commit per step
+    transaction.on_commit(lambda: telemetry.emit_step(run, step))  # queued for the span store
     publish_run(run, "run.step", seq=step.seq)
 
 
@@ -1042,6 +1042,25 @@ def runs_to_recover(*, now: Any = None, grace_seconds: int = 20, limit: int = 50
         if updated:
             reserved.append(pk)
     return reserved
+
+
+def runs_spans_reconcile(*, now: Any = None, settle_seconds: int = 5, limit: int = 200) -> int:
+    """Re-emit the missing spans of managed runs that ended at least ``settle_seconds`` ago (time
+    for their last batch to be stored) and whose traces are not known to be complete; mark each
+    run whose trace now is. Returns how many were marked. Safe to run in several workers."""
+    from fleet import telemetry
+
+    now = now or timezone.now()
+    due = (
+        Run.objects.filter(kind=RunKind.MANAGED, ended_at__lt=now - timedelta(seconds=settle_seconds))
+        .filter(spans_complete_at__isnull=True, ended_at__isnull=False)
+        .select_related("team", "agent", "version")
+        .order_by("ended_at")[:limit]
+    )
+    complete = [run.pk for run in due if telemetry.reconcile(run)]
+    if complete:
+        Run.objects.filter(pk__in=complete).update(spans_complete_at=now)
+    return len(complete)
 
 
 @transaction.atomic

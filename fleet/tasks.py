@@ -49,3 +49,13 @@ def demo_start_runs() -> int:
     from fleet.demo import start_random_run
 
     return 1 if start_random_run() else 0
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def run_spans_sweep() -> int:
+    """Complete the traces of recently ended runs: spans are stored in background batches, and a
+    worker killed before its batch went out took those spans with it (the journal did not).
+    Runs are marked once their trace is complete, so each is looked at until it is."""
+    from fleet.services import runs_spans_reconcile
+
+    return runs_spans_reconcile()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +39,9 @@ if TYPE_CHECKING:
 
     from fleet.models import Run, RunEvent, Step
 
+logger = logging.getLogger(__name__)
 SCOPE = "cockpit.fleet"
+BATCH_THREAD_PREFIX = "OtelBatch"  # the SDK's BatchSpanProcessor names its worker thread so
 MAX_ATTRIBUTE_CHARS = 8000
 _tracer = trace.get_tracer(SCOPE)
 
@@ -189,6 +193,37 @@ def emit_run(run: Run) -> None:
     span.end(end_time=_ns(run.ended_at or run.updated_at))
 
 
+def expected_span_ids(run: Run) -> dict[str, Any]:
+    """The spans an ended run's trace must hold: its root, and one per finished step."""
+    expected: dict[str, Any] = {f"{root_span_id(run):016x}": None}
+    for step in run.steps.filter(ended_at__isnull=False).order_by("seq"):
+        expected[f"{_derived_id(run.trace_id, 'step', step.seq):016x}"] = step
+    return expected
+
+
+def reconcile(run: Run) -> bool:
+    """Re-emit whatever spans of an ended run the store lacks (a worker that died took its
+    unsent batch with it; the journal still has the steps), store them now, and say whether the
+    trace is complete. Emitting a span twice is harmless: the store keeps one."""
+    from fleet import seams
+
+    flush()
+    stored = seams.current.span_sink.stored_span_ids(run)
+    if stored is None:
+        return True  # no trace store installed: nothing to complete
+    missing = {span_id: step for span_id, step in expected_span_ids(run).items() if span_id not in stored}
+    if not missing:
+        return True
+    for step in missing.values():
+        if step is None:
+            emit_run(run)
+        else:
+            emit_step(run, step)
+    flush()
+    stored = seams.current.span_sink.stored_span_ids(run) or set()
+    return all(span_id in stored for span_id in missing)
+
+
 def flush(timeout_millis: int = 5000) -> None:
     """Hand every finished span to the sink now (tests; a process about to exit)."""
     provider = trace.get_tracer_provider()
@@ -200,14 +235,23 @@ class SinkExporter(SpanExporter):
     """Hands the runtime's finished spans to the span sink seam (the trace store)."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from django.db import connection
+
         from fleet import seams
 
         ours = [s for s in spans if s.instrumentation_scope and s.instrumentation_scope.name == SCOPE]
         try:
             if ours:
                 seams.current.span_sink.write(ours)
-        except Exception:  # noqa: BLE001 - reported to the SDK, which logs it
+        except Exception:  # noqa: BLE001 - reported to the SDK, which logs it; reconcile() catches up
+            logger.exception("runtime spans could not be stored; they are re-emitted when their run ends")
             return SpanExportResult.FAILURE
+        finally:
+            # The processor's own thread gives its connection back between batches. A flush
+            # exports in the calling thread, whose connection (a test's transaction, a run's
+            # thread) is left alone.
+            if threading.current_thread().name.startswith(BATCH_THREAD_PREFIX):
+                connection.close()
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

@@ -11,12 +11,15 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from cockpit.models import Team
 from traces import normalise, store
+from traces.models import Span
 from traces.services import limits
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
+
+    from fleet.models import Run
 
 
 class TraceStoreSink:
@@ -33,3 +36,6 @@ class TraceStoreSink:
             team = teams.get(slug)
             if team is not None:
                 store.write(team, rows, now=now)
+
+    def stored_span_ids(self, run: Run) -> set[str] | None:
+        return set(Span.objects.filter(team_id=run.team_id, trace_id=run.trace_id).values_list("span_id", flat=True))

@@ -14,10 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Field, Q
 from django.utils.text import slugify
 
 from cockpit import live
@@ -397,7 +397,7 @@ def _insert(rows: list[dict[str, Any]]) -> None:
 def _summaries_save(traces: list[Trace]) -> None:
     """``bulk_update`` in one prepared statement (the ORM's CASE-per-field version costs more
     than everything else in a small batch)."""
-    fields = [Trace._meta.get_field(name) for name in SUMMARY_FIELDS]
+    fields = [cast("Field[Any, Any]", Trace._meta.get_field(name)) for name in SUMMARY_FIELDS]
     assignments = ", ".join(f"{f.column} = %s" for f in fields)
     params = [
         [f.get_db_prep_save(getattr(trace, f.attname), connection) for f in fields] + [trace.pk] for trace in traces

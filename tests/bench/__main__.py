@@ -17,6 +17,10 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cockpit.settings")
     django.setup()
     from django.core.management import call_command
+
+    from cockpit.telemetry import configure_tracing
+
+    configure_tracing("cockpit-bench")  # as in the worker: runtime spans go to the trace store
     from django.db import connection
 
     call_command("migrate", verbosity=0)

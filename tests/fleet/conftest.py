@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from decimal import Decimal
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest

@@ -1,6 +1,7 @@
 """Chaos: real worker processes are killed (SIGKILL) again and again while managed runs with
 side effects are executing. Every run must still finish, no side effect may happen twice, and
-every journal must be gap-free."""
+every journal must be gap-free — and every run's trace complete, though workers store spans in
+background batches and the killed ones took theirs with them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from cockpit.audit import Actor
 from fleet import services
 from fleet.models import FINAL_RUN_STATUSES, Run, RunStatus, Step, StepStatus
 from fleet.sandbox.models import Refund
-from fleet.tasks import run_execute
+from fleet.tasks import run_execute, run_spans_sweep
 from tests.support import processes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
@@ -32,7 +33,9 @@ def test_killed_workers_lose_nothing_and_repeat_nothing(make_agent, eager_off, s
         services.run_create(actor=Actor.system("chaos"), agent=agent, input={"steps": STEPS})[0] for _ in range(RUNS)
     ]
     env = {"COCKPIT_RUN_LEASE_SECONDS": str(LEASE)}
-    workers = [processes.start_worker(name=f"chaos{i}", concurrency=2, queues="runs", env=env) for i in range(2)]
+    workers = [
+        processes.start_worker(name=f"chaos{i}", concurrency=2, queues="runs,maintenance", env=env) for i in range(2)
+    ]
     rng = random.Random(42)
     kills = 0
     started = time.monotonic()
@@ -46,12 +49,18 @@ def test_killed_workers_lose_nothing_and_repeat_nothing(make_agent, eager_off, s
                 victim = workers.pop(rng.randrange(len(workers)))
                 victim.kill()  # SIGKILL to the worker and its pool processes, mid-step
                 kills += 1
-                workers.append(processes.start_worker(name=f"chaos-r{kills}", concurrency=2, queues="runs", env=env))
+                workers.append(
+                    processes.start_worker(name=f"chaos-r{kills}", concurrency=2, queues="runs,maintenance", env=env)
+                )
                 next_kill = time.monotonic() + rng.uniform(1.5, 3.0)
             # What beat's sweeper does every few seconds in production.
             for run_id in services.runs_to_recover(grace_seconds=LEASE):
                 run_execute.delay(run_id)
             time.sleep(0.5)
+        # What beat's spans sweep does every ten seconds: complete the traces of ended runs.
+        while time.monotonic() - started < DEADLINE + 30 and _incomplete_traces(runs):
+            run_spans_sweep.delay()
+            time.sleep(2)
     finally:
         for worker in workers:
             worker.stop()
@@ -69,3 +78,14 @@ def test_killed_workers_lose_nothing_and_repeat_nothing(make_agent, eager_off, s
         assert effects.values("ticket_ref").annotate(n=Count("id")).filter(n__gt=1).count() == 0
     taken_over = Run.objects.filter(pk__in=[r.pk for r in runs], executions__gt=1).count()
     assert taken_over > 0, "no run was ever taken over from a killed worker"
+    assert _incomplete_traces(runs) == [], "spans lost with killed workers were never re-emitted"
+
+
+def _incomplete_traces(runs: list[Run]) -> list[int]:
+    """Runs whose trace lacks a step's span or the root span."""
+    from traces.models import Span
+
+    counts = dict(
+        Span.objects.filter(trace_id__in=[r.trace_id for r in runs]).values_list("trace_id").annotate(n=Count("id"))
+    )
+    return [r.pk for r in runs if counts.get(r.trace_id, 0) < STEPS + 1]

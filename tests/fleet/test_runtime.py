@@ -3,6 +3,7 @@ retries, budgets — executed in this process against the real database."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -431,12 +432,64 @@ def test_runtime_spans_follow_the_genai_conventions(make_agent, start, django_ca
     assert Decimal(str(root.attributes["cockpit.cost_usd"])) == run.cost.quantize(Decimal("0.000001"))
     # stored with their typed columns, linked to the run and agent, in one summary row
     assert (chat.span_type, chat.model, chat.provider, chat.run_id, chat.agent_id) == (
-        "llm", "sim-large", "simulated", run.pk, run.agent_id)
+        "llm",
+        "sim-large",
+        "simulated",
+        run.pk,
+        run.agent_id,
+    )
     assert (root.span_type, root.cost) == ("agent", None)  # the root's cost is the total, not its own
     summary = Trace.objects.get(trace_id=run.trace_id)
     assert (summary.root_name, summary.run_id, summary.agent_id, summary.span_count) == (
-        root.name, run.pk, run.agent_id, len(spans))
+        root.name,
+        run.pk,
+        run.agent_id,
+        len(spans),
+    )
     assert summary.cost == run.cost.quantize(Decimal("0.000001"))
+
+
+def test_spans_a_dying_worker_never_stored_are_re_emitted_when_the_run_ends(
+    make_agent, start, django_capture_on_commit_callbacks
+) -> None:
+    """Spans are stored in background batches; a worker killed before its batch went out
+    loses them. The journal still has the steps, so the run's end re-emits what is missing."""
+    from fleet import seams
+    from traces.models import Span, Trace
+    from traces.sink import TraceStoreSink
+
+    class LosesEarlySteps(TraceStoreSink):
+        """Drops the spans of steps 1 and 2 the first time, as a killed worker would."""
+
+        def __init__(self) -> None:
+            self.dropped: set[int] = set()
+
+        def write(self, spans):  # noqa: ANN001, ANN202
+            kept = []
+            for span in spans:
+                seq = span.attributes.get("cockpit.step.seq")
+                if seq in (1, 2) and seq not in self.dropped:
+                    self.dropped.add(seq)
+                else:
+                    kept.append(span)
+            super().write(kept)
+
+    saved = seams.current.span_sink
+    seams.current.span_sink = sink = LosesEarlySteps()
+    try:
+        run = start(make_agent("test-linear"), n=4)
+        with django_capture_on_commit_callbacks(execute=True):
+            run = execute(run)
+        steps = run.steps.count()
+        assert Span.objects.filter(trace_id=run.trace_id).count() == steps + 1 - 2
+        # beat's spans sweep, once the run has been over for a few seconds
+        assert services.runs_spans_reconcile(now=timezone.now() + timedelta(seconds=10)) == 1
+        assert services.runs_spans_reconcile(now=timezone.now() + timedelta(seconds=10)) == 0  # marked complete
+    finally:
+        seams.current.span_sink = saved
+    assert sink.dropped == {1, 2}
+    assert Span.objects.filter(trace_id=run.trace_id).count() == steps + 1
+    assert Trace.objects.get(trace_id=run.trace_id).span_count == steps + 1
 
 
 def test_losing_the_database_does_not_fail_the_run(make_agent, start) -> None:

@@ -58,6 +58,7 @@ class Process:
             **os.environ,
             "DATABASE_URL": test_database_url(),
             "PYTHONUNBUFFERED": "1",
+            "COCKPIT_SPAN_EXPORT_DELAY_MS": "500",  # as in production: runtime spans stored in batches
             **(env or {}),
         }
         full_env.pop("COCKPIT_TASKS_EAGER", None)
