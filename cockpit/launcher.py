@@ -289,6 +289,10 @@ def demo(port: int) -> int:
         if not _wait_http(f"http://127.0.0.1:{port}/healthz", 60, supervisor):
             say("Cockpit did not answer on /healthz; see the output above and var/log/.")
             return 1
+        # Agents that run elsewhere and use Cockpit over HTTP: the runs and approvals APIs, OTLP.
+        interval = str(max(10, int(env.get("COCKPIT_DEMO_RUN_INTERVAL", "20")) * 2))
+        external = ["--url", f"http://127.0.0.1:{port}", "--key-file", str(VAR / "demo-external.key")]
+        supervisor.start("agents", [PY, "-m", "fleet.demo_external", *external, "--interval", interval], env)
         say("")
         say(f"  Cockpit is running at http://127.0.0.1:{port}")
         say("")
@@ -308,7 +312,7 @@ def demo(port: int) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        supervisor.stop(["web", "worker", "runs", "beat"])
+        supervisor.stop(["agents", "web", "worker", "runs", "beat"])
         if valkey is not None:
             say("Stopping Valkey …")
             valkey.stop()

@@ -89,6 +89,10 @@ class RunOut(Schema):
     cost: Decimal
     step_count: int
     trace_id: str
+    traceparent: str = Field(
+        description="W3C trace context of the run: start your agent's spans under it (e.g. with "
+        "TraceContextTextMapPropagator().extract({'traceparent': …})) and they join the run's trace"
+    )
     idempotency_key: str
     external_ref: str
     created_at: datetime
@@ -98,6 +102,12 @@ class RunOut(Schema):
     @staticmethod
     def resolve_directive(run: Run) -> str:
         return directive_for(run)["directive"]
+
+    @staticmethod
+    def resolve_traceparent(run: Run) -> str:
+        from fleet.telemetry import root_span_id
+
+        return f"00-{run.trace_id}-{root_span_id(run):016x}-01"
 
 
 class RunDetailOut(RunOut):

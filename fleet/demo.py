@@ -6,13 +6,15 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from cockpit.audit import Actor
-from cockpit.models import Team
+from cockpit.models import Scope, Team
+from cockpit.services import api_key_authenticate, api_key_create
 from fleet.models import Agent, AgentKind, ModelProvider, ProviderKind, Run, Tier
 from fleet.sandbox.models import Invoice, Ticket
 from fleet.services import agent_create, agent_version_create, run_create, tools_sync
@@ -186,11 +188,34 @@ def seed(*, stdout: IO[str]) -> None:
             kind=AgentKind.EXTERNAL,
             tier=Tier.SUPERVISED,
         )
+    _external_agent_key(teams["support"])
     _sandbox()
     if not Run.objects.exists():
         for _ in range(6):
             start_random_run(force=True)
     stdout.write("Fleet: 5 agents, the simulated model provider, demo tickets and invoices.\n")
+
+
+EXTERNAL_KEY_NAME = "demo external agents"
+
+
+def external_key_file() -> Path:
+    return Path(settings.VAR_DIR) / "demo-external.key"
+
+
+def _external_agent_key(team: Team) -> None:
+    """The API key the demo's external agents (fleet.demo_external) use, kept in var/."""
+    path = external_key_file()
+    if path.exists():
+        found = api_key_authenticate(path.read_text().strip())
+        if found is not None and found.is_active:
+            return
+    _, secret = api_key_create(
+        actor=ACTOR, team=team, name=EXTERNAL_KEY_NAME, scopes=[Scope.RUNS, Scope.INGEST, Scope.APPROVALS]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
 
 
 def _sandbox() -> None:
