@@ -14,6 +14,7 @@ from traces.receiver import otlp_traces
 api.add_router("/", "fleet.api.router")
 api.add_router("/", "fleet.api.agents_router")
 api.add_router("/", "approvals.api.router")
+api.add_router("/", "traces.api.router")
 
 urlpatterns = [
     path("", views.fleet_overview, name="fleet-overview"),
