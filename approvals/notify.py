@@ -1,36 +1,26 @@
 """Delivering notifications: email to the level's approvers, a Slack-compatible webhook signed
 with HMAC-SHA256, and the callback to an external agent that asked for the decision.
 
-Webhook and callback requests carry ``X-Cockpit-Timestamp`` (Unix seconds) and
-``X-Cockpit-Signature: sha256=<hex HMAC of "<timestamp>.<body>">``; a receiver recomputes the
+Webhook and callback requests are signed by ``cockpit.webhooks`` (``X-Cockpit-Timestamp`` and
+``X-Cockpit-Signature: sha256=<hex HMAC of "<timestamp>.<body>">``); a receiver recomputes the
 HMAC with the shared secret and rejects stale timestamps.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.core.mail import send_mail
 from django.urls import reverse
 
 from approvals.models import ApprovalRequest, Channel, Notification
+from cockpit.webhooks import DeliveryError, sign
+from cockpit.webhooks import post as _post
 
-TIMEOUT_SECONDS = 10
-
-
-class DeliveryError(Exception):
-    """Worth trying again later (the receiver was down, answered 5xx, timed out)."""
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+__all__ = ["DeliveryError", "deliver", "describe", "sign"]
 
 
 def _url(path: str) -> str:
@@ -103,20 +93,3 @@ def _slack_message(request: ApprovalRequest) -> dict[str, Any]:
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
         "cockpit": data,
     }
-
-
-def _post(url: str, secret: str, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
-    timestamp = str(int(time.time()))
-    headers = {"Content-Type": "application/json", "X-Cockpit-Timestamp": timestamp, "User-Agent": "Cockpit"}
-    if secret:
-        headers["X-Cockpit-Signature"] = sign(secret, timestamp, body)
-    try:
-        response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_SECONDS)
-    except httpx.HTTPError as exc:
-        raise DeliveryError(f"{url}: {type(exc).__name__}: {exc}") from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise DeliveryError(f"{url} answered {response.status_code}")
-    if response.status_code >= 400:
-        # The receiver refuses this message; sending it again would not change that.
-        raise PermissionError(f"{url} refused the message with {response.status_code}")

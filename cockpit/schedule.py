@@ -55,6 +55,25 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(hour=3, minute=17),
         "options": {"expires": 3600},
     },
+    # FinOps: team and agent forecasts to the end of the month, then the "projected to exceed"
+    # budget alerts (each once per budget and period).
+    "finops-forecasts-refresh": {
+        "task": "finops.tasks.forecasts_refresh",
+        "schedule": crontab(minute=7),
+        "options": {"expires": 3000},
+    },
+    # Budget alerts whose worker died while sending them are tried again.
+    "finops-resend-stuck-notifications": {
+        "task": "finops.tasks.budget_notifications_resend_stuck",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 240},
+    },
+    # Budget holds of steps whose worker died before their cost was known (they also expire).
+    "finops-holds-purge": {
+        "task": "finops.tasks.budget_holds_purge",
+        "schedule": crontab(minute="*/15"),
+        "options": {"expires": 600},
+    },
     # Forgets login attempts older than the lock-out window (django-axes keeps them otherwise).
     "login-attempts-cleanup": {
         "task": "cockpit.tasks.maintenance_login_attempts_cleanup",

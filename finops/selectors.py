@@ -27,13 +27,34 @@ Live events (``cockpit.live``, on the team's group; organisation budgets on ``or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from finops.models import Budget, BudgetAlert, Forecast
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, DateTimeField, Max, Q, QuerySet, Sum
+from django.db.models.functions import Trunc
+from django.http import Http404
+from django.utils import timezone
+
+from cockpit import access
+from cockpit.models import Team
+from cockpit.roles import TeamPerm
+from finops.forecast import tag_filter
+from finops.models import (
+    Budget,
+    BudgetAlert,
+    BudgetPeriod,
+    BudgetScope,
+    BudgetSpend,
+    CostRollup,
+    Forecast,
+    period_bounds,
+)
+from finops.rollups import hour_of
+from fleet.models import FINAL_RUN_STATUSES, Agent, Run, RunStatus, Step, StepKind, StepStatus
 
 Dimension = Literal["team", "agent", "agent_version", "workflow", "model", "provider", "tag"]
 Bucket = Literal["hour", "day", "week", "month"]
@@ -201,25 +222,222 @@ class BudgetStatus:
     alerts: list[BudgetAlert] = field(default_factory=list)
 
 
-def _todo(*args: Any) -> Any:  # replaced as each selector is implemented
-    raise NotImplementedError
+# --- Scope and filters ------------------------------------------------------------------------
+
+ZERO = Decimal(0)
+AGENT_KEY_PREFIX = "key:"
 
 
 def visible_team_ids(user: Any) -> set[int] | None:
     """Teams whose costs ``user`` may see; ``None`` means every team."""
-    return _todo(user)
+    return access.principal_team_ids(user, TeamPerm.VIEW_COSTS)
+
+
+def _agent_q(keys: Iterable[str]) -> Q:
+    ids = [int(k) for k in keys if k.isdigit()]
+    names = [k[len(AGENT_KEY_PREFIX) :] for k in keys if k.startswith(AGENT_KEY_PREFIX)]
+    query = Q(pk__in=[])
+    if ids:
+        query |= Q(agent_id__in=ids)
+    if names:
+        query |= Q(agent_id=0, agent_key__in=names)
+    return query
+
+
+def _version_q(keys: Iterable[str]) -> Q:
+    query = Q(pk__in=[])
+    for key in keys:
+        agent, _, version = key.rpartition("@")
+        query |= _agent_q([agent]) & Q(agent_version=version)
+    return query
+
+
+def rollups_for(user: Any, filters: CostFilter | None) -> QuerySet[CostRollup]:
+    """The rollup rows ``user`` may see, narrowed by ``filters`` (the base of every figure)."""
+    rows = access.scope_to_principal(CostRollup.objects.all(), user, TeamPerm.VIEW_COSTS)
+    if filters is None:
+        return rows
+    rows = rows.filter(hour__gte=hour_of(filters.since), hour__lt=filters.until)
+    if filters.teams:
+        rows = rows.filter(team_id__in=filters.teams)
+    if filters.agents:
+        rows = rows.filter(_agent_q(filters.agents))
+    if filters.agent_versions:
+        rows = rows.filter(_version_q(filters.agent_versions))
+    if filters.workflows:
+        rows = rows.filter(workflow__in=filters.workflows)
+    if filters.models:
+        rows = rows.filter(model__in=filters.models)
+    if filters.providers:
+        rows = rows.filter(provider__in=filters.providers)
+    if filters.tags:
+        tag_q = Q(pk__in=[])
+        for tag in filters.tags:
+            tag_q |= Q(tag=tag) if tag == "" or ";" in tag else tag_filter(tag)
+        rows = rows.filter(tag_q)
+    return rows
+
+
+def _runs_for(user: Any, filters: CostFilter) -> QuerySet[Run]:
+    runs = access.scope_to_principal(Run.objects.all(), user, TeamPerm.VIEW_COSTS).filter(
+        created_at__gte=filters.since, created_at__lt=filters.until
+    )
+    if filters.teams:
+        runs = runs.filter(team_id__in=filters.teams)
+    agent_ids = [int(k) for k in filters.agents if k.isdigit()]
+    if filters.agents:
+        runs = runs.filter(agent_id__in=agent_ids)
+    if filters.workflows:
+        runs = runs.filter(agent__entrypoint__in=filters.workflows)
+    return runs
+
+
+GROUP_FIELDS: dict[str, tuple[str, ...]] = {
+    "team": ("team_id",),
+    "agent": ("agent_id", "agent_key"),
+    "agent_version": ("agent_id", "agent_key", "agent_version"),
+    "workflow": ("workflow",),
+    "model": ("model",),
+    "provider": ("provider",),
+    "tag": ("tag",),
+}
+
+
+def _check_dimension(dimension: str) -> tuple[str, ...]:
+    if dimension not in GROUP_FIELDS:
+        raise ValueError(f"{dimension!r} is not a cost dimension ({', '.join(DIMENSIONS)})")
+    return GROUP_FIELDS[dimension]
+
+
+class _Labels:
+    """Names for teams and agents, read once per call."""
+
+    def __init__(self) -> None:
+        self._teams: dict[int, str] | None = None
+        self._agents: dict[int, str] = {}
+
+    def team(self, pk: int) -> str:
+        if self._teams is None:
+            self._teams = dict(Team.objects.values_list("pk", "name"))
+        return self._teams.get(pk, f"team #{pk}")
+
+    def load_agents(self, ids: Iterable[int]) -> None:
+        wanted = {i for i in ids if i and i not in self._agents}
+        if wanted:
+            self._agents.update(Agent.objects.filter(pk__in=wanted).values_list("pk", "name"))
+
+    def agent(self, pk: int, key: str) -> str:
+        if pk:
+            return self._agents.get(pk, f"agent #{pk}")
+        return f"{key} (not in the fleet)" if key else "(no agent)"
+
+    def group(self, dimension: str, row: dict[str, Any]) -> Group:
+        if dimension == "team":
+            return Group(str(row["team_id"]), self.team(row["team_id"]))
+        if dimension in ("agent", "agent_version"):
+            agent_key = str(row["agent_id"]) if row["agent_id"] else f"{AGENT_KEY_PREFIX}{row['agent_key']}"
+            label = self.agent(row["agent_id"], row["agent_key"])
+            if dimension == "agent":
+                return Group(agent_key, label)
+            version = row["agent_version"]
+            return Group(f"{agent_key}@{version}", f"{label} {version or '(no version)'}")
+        value = row[dimension]
+        empty = {"workflow": "(no workflow)", "model": "(no model)", "provider": "(no provider)", "tag": "(untagged)"}
+        return Group(value, value or empty[dimension])
+
+
+def _trunc(bucket: str) -> Trunc:
+    if bucket not in ("hour", "day", "week", "month"):
+        raise ValueError(f"{bucket!r} is not a bucket (hour, day, week, month)")
+    tz = UTC if bucket == "hour" else timezone.get_current_timezone()
+    return Trunc("hour", bucket, output_field=DateTimeField(), tzinfo=tz)
+
+
+def _period_label(moment: datetime, bucket: str) -> str:
+    local = timezone.localtime(moment)
+    if bucket == "month":
+        return local.strftime("%Y-%m")
+    if bucket == "week":
+        year, week, _ = local.isocalendar()
+        return f"{year}-W{week:02d}"
+    if bucket == "day":
+        return local.strftime("%Y-%m-%d")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:00Z")
+
+
+def _money(value: Any) -> Decimal:
+    return Decimal(value or 0).quantize(PLACES)
+
+
+PLACES = Decimal("0.000001")
+
+
+# --- Headline figures -------------------------------------------------------------------------
 
 
 def burn_rate(user: Any, *, filters: CostFilter | None = None, now: datetime | None = None) -> BurnRate:
     """$/h over the last 60 minutes (the current hour's spend plus the elapsed share of the
     previous hour's). Live: the dashboard re-fetches on ``finops.cost`` events."""
-    return _todo(user, filters, now)
+    now = now or timezone.now()
+    current = hour_of(now)
+    rows = rollups_for(user, _without_time(filters)).filter(hour__in=[current - timedelta(hours=1), current])
+    by_hour = {hour_of(r["hour"]): r["cost"] or ZERO for r in rows.values("hour").annotate(cost=Sum("cost"))}
+    elapsed = Decimal((now - current).total_seconds() / 3600).quantize(PLACES)
+    previous = by_hour.get(current - timedelta(hours=1), ZERO)
+    rate = by_hour.get(current, ZERO) + previous * (Decimal(1) - elapsed)
+    return BurnRate(_money(rate), now)
+
+
+def _without_time(filters: CostFilter | None) -> CostFilter | None:
+    if filters is None:
+        return None
+    return replace(filters, since=datetime(1970, 1, 1, tzinfo=UTC), until=datetime(9999, 1, 1, tzinfo=UTC))
 
 
 def today_vs_yesterday(
     user: Any, *, filters: CostFilter | None = None, now: datetime | None = None
 ) -> TodayVsYesterday:
-    return _todo(user, filters, now)
+    now = now or timezone.now()
+    midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = midnight - timedelta(days=1)
+    rows = rollups_for(user, _without_time(filters)).filter(hour__gte=hour_of(yesterday), hour__lt=now)
+    same_time = hour_of(now) - timedelta(days=1)
+    totals = rows.aggregate(
+        today=Sum("cost", filter=Q(hour__gte=hour_of(midnight))),
+        same=Sum("cost", filter=Q(hour__lt=hour_of(midnight), hour__lte=same_time)),
+        whole=Sum("cost", filter=Q(hour__lt=hour_of(midnight))),
+    )
+    today, same = _money(totals["today"]), _money(totals["same"])
+    change = float(today / same - 1) if same else None
+    return TodayVsYesterday(today, same, _money(totals["whole"]), change)
+
+
+def total_cost(user: Any, *, filters: CostFilter) -> Decimal:
+    """The total the dashboard headline shows for ``filters`` (what the CSV must add up to)."""
+    return _money(rollups_for(user, filters).aggregate(c=Sum("cost"))["c"])
+
+
+# --- Breakdowns -------------------------------------------------------------------------------
+
+
+def _grouped(user: Any, filters: CostFilter, dimension: str) -> list[dict[str, Any]]:
+    fields = _check_dimension(dimension)
+    return list(
+        rollups_for(user, filters)
+        .values(*fields)
+        .annotate(
+            cost=Sum("cost"),
+            spans=Sum("spans"),
+            unpriced=Sum("unpriced"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            errors=Sum("errors"),
+            error_cost=Sum("error_cost"),
+            retries=Sum("retries"),
+            retry_cost=Sum("retry_cost"),
+        )
+        .order_by()
+    )
 
 
 def cost_over_time(
@@ -227,36 +445,172 @@ def cost_over_time(
 ) -> list[Point]:
     """Cost per bucket per group (stacked charts); groups beyond the ``top`` costliest are
     folded into one ``Group("other", "Other")``."""
-    return _todo(user, filters, group_by, bucket, top)
+    fields = _check_dimension(group_by)
+    rows = list(
+        rollups_for(user, filters)
+        .annotate(bucket=_trunc(bucket))
+        .values("bucket", *fields)
+        .annotate(
+            cost=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), spans=Sum("spans")
+        )
+        .order_by("bucket")
+    )
+    labels = _Labels()
+    if group_by in ("agent", "agent_version"):
+        labels.load_agents(r["agent_id"] for r in rows)
+    totals: dict[Group, Decimal] = {}
+    grouped = []
+    for row in rows:
+        group = labels.group(group_by, row)
+        totals[group] = totals.get(group, ZERO) + (row["cost"] or ZERO)
+        grouped.append((row, group))
+    kept = {g for g, _ in sorted(totals.items(), key=lambda item: (-item[1], item[0].label))[:top]}
+    other = Group("other", "Other")
+    points: dict[tuple[datetime, Group], list[Any]] = {}
+    for row, group in grouped:
+        key = (row["bucket"], group if group in kept else other)
+        sums = points.setdefault(key, [ZERO, 0, 0, 0])
+        sums[0] += row["cost"] or ZERO
+        sums[1] += row["input_tokens"] or 0
+        sums[2] += row["output_tokens"] or 0
+        sums[3] += row["spans"] or 0
+    return [
+        Point(bucket_at, group, _money(s[0]), int(s[1]), int(s[2]), int(s[3]))
+        for (bucket_at, group), s in sorted(points.items(), key=lambda item: (item[0][0], -item[1][0]))
+    ]
 
 
 def top_spenders(user: Any, *, filters: CostFilter, dimension: Dimension = "agent", limit: int = 10) -> list[Spender]:
-    return _todo(user, filters, dimension, limit)
+    rows = _grouped(user, filters, dimension)
+    labels = _Labels()
+    if dimension in ("agent", "agent_version"):
+        labels.load_agents(r["agent_id"] for r in rows)
+    total = sum((r["cost"] or ZERO for r in rows), ZERO)
+    spenders = [
+        Spender(
+            labels.group(dimension, r),
+            _money(r["cost"]),
+            float((r["cost"] or ZERO) / total) if total else 0.0,
+            int(r["spans"] or 0),
+            int(r["unpriced"] or 0),
+        )
+        for r in rows
+    ]
+    spenders.sort(key=lambda s: (-s.cost, s.group.label))
+    return spenders[:limit]
 
 
-def total_cost(user: Any, *, filters: CostFilter) -> Decimal:
-    """The total the dashboard headline shows for ``filters`` (what the CSV must add up to)."""
-    return _todo(user, filters)
-
-
-def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = "day") -> list[AgentRunCost]:
-    """Per agent: cost of its runs started in the range divided by those that succeeded, with
-    the trend per bucket (from ``fleet.Run``)."""
-    return _todo(user, filters, bucket)
+def dimension_values(user: Any, *, filters: CostFilter, dimension: Dimension) -> list[Group]:
+    """The values a filter drop-down offers (groups with any spans in the range)."""
+    rows = _grouped(user, filters, dimension)
+    labels = _Labels()
+    if dimension in ("agent", "agent_version"):
+        labels.load_agents(r["agent_id"] for r in rows)
+    return sorted({labels.group(dimension, r) for r in rows}, key=lambda g: g.label.lower())
 
 
 def tokens_by_model(user: Any, *, filters: CostFilter) -> list[ModelTokens]:
-    return _todo(user, filters)
+    rows = (
+        rollups_for(user, filters)
+        .exclude(model="")
+        .values("provider", "model")
+        .annotate(
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cache_read_tokens=Sum("cache_read_tokens"),
+            reasoning_tokens=Sum("reasoning_tokens"),
+            cost=Sum("cost"),
+            spans=Sum("llm_spans"),
+        )
+        .order_by()
+    )
+    result = [
+        ModelTokens(
+            r["provider"],
+            r["model"],
+            int(r["input_tokens"] or 0),
+            int(r["output_tokens"] or 0),
+            int(r["cache_read_tokens"] or 0),
+            int(r["reasoning_tokens"] or 0),
+            _money(r["cost"]),
+            int(r["spans"] or 0),
+        )
+        for r in rows
+    ]
+    result.sort(key=lambda m: (-(m.input_tokens + m.output_tokens), m.model))
+    return result
 
 
 def waste(user: Any, *, filters: CostFilter, dimension: Dimension = "agent") -> list[WasteRow]:
-    return _todo(user, filters, dimension)
+    rows = _grouped(user, filters, dimension)
+    labels = _Labels()
+    if dimension in ("agent", "agent_version"):
+        labels.load_agents(r["agent_id"] for r in rows)
+    failed_runs: dict[str, tuple[Decimal, int]] = {}
+    if dimension in ("agent", "team"):
+        field_name = "agent_id" if dimension == "agent" else "team_id"
+        for r in (
+            _runs_for(user, filters)
+            .filter(status__in=[RunStatus.FAILED, RunStatus.CANCELLED])
+            .values(field_name)
+            .annotate(cost=Sum("cost"), n=Count("id"))
+            .order_by()
+        ):
+            failed_runs[str(r[field_name])] = (_money(r["cost"]), int(r["n"]))
+    result = []
+    for r in rows:
+        group = labels.group(dimension, r)
+        run_cost, run_count = failed_runs.get(group.key, (ZERO, 0))
+        if not (r["error_cost"] or r["retry_cost"] or r["errors"] or r["retries"] or run_count):
+            continue
+        result.append(
+            WasteRow(
+                group,
+                _money(r["error_cost"]),
+                int(r["errors"] or 0),
+                _money(r["retry_cost"]),
+                int(r["retries"] or 0),
+                run_cost,
+                run_count,
+                _money(r["cost"]),
+            )
+        )
+    result.sort(key=lambda w: (-(w.failed_span_cost + w.retry_cost + w.failed_run_cost), w.group.label))
+    return result
 
 
 def unpriced_models(user: Any, *, filters: CostFilter | None = None) -> list[UnpricedModel]:
     """Models seen with usage but no price (no override, unknown to genai-prices): their spend
-    is unknown, not zero — pages show this list prominently."""
-    return _todo(user, filters)
+    is unknown, not zero — pages show this list prominently. Default range: the last 30 days."""
+    if filters is None:
+        now = timezone.now()
+        filters = CostFilter(since=now - timedelta(days=30), until=now + timedelta(hours=1))
+    rows = (
+        rollups_for(user, filters)
+        .filter(unpriced__gt=0)
+        .values("provider", "model", "team_id")
+        .annotate(
+            spans=Sum("unpriced"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            last_seen=Max("hour"),
+        )
+        .order_by()
+    )
+    labels = _Labels()
+    merged: dict[tuple[str, str], list[Any]] = {}
+    for r in rows:
+        entry = merged.setdefault((r["provider"], r["model"]), [0, 0, 0, set(), r["last_seen"]])
+        entry[0] += int(r["spans"] or 0)
+        entry[1] += int(r["input_tokens"] or 0)
+        entry[2] += int(r["output_tokens"] or 0)
+        entry[3].add(labels.team(r["team_id"]))
+        entry[4] = max(entry[4], r["last_seen"])
+    result = [
+        UnpricedModel(provider, model, e[0], e[1], e[2], sorted(e[3]), e[4]) for (provider, model), e in merged.items()
+    ]
+    result.sort(key=lambda u: (-u.spans, u.model))
+    return result
 
 
 def chargeback(
@@ -267,40 +621,239 @@ def chargeback(
     bucket: Bucket = "month",
 ) -> list[ChargebackRow]:
     """Rows by period × dimensions (team × month by default) for the chargeback CSV."""
-    return _todo(user, filters, dimensions, bucket)
+    fields: list[str] = []
+    for dimension in dimensions:
+        for name in _check_dimension(dimension):
+            if name not in fields:
+                fields.append(name)
+    rows = list(
+        rollups_for(user, filters)
+        .annotate(bucket=_trunc(bucket))
+        .values("bucket", *fields)
+        .annotate(
+            cost=Sum("cost"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            spans=Sum("spans"),
+            unpriced=Sum("unpriced"),
+        )
+        .order_by("bucket")
+    )
+    labels = _Labels()
+    if "agent_id" in fields:
+        labels.load_agents(r["agent_id"] for r in rows)
+    result = []
+    for r in rows:
+        groups = {d: labels.group(d, r) for d in dimensions}
+        result.append(
+            ChargebackRow(
+                _period_label(r["bucket"], bucket),
+                {d: g.label for d, g in groups.items()},
+                {d: g.key for d, g in groups.items()},
+                _money(r["cost"]),
+                int(r["input_tokens"] or 0),
+                int(r["output_tokens"] or 0),
+                int(r["spans"] or 0),
+                int(r["unpriced"] or 0),
+            )
+        )
+    result.sort(key=lambda c: (c.period, [c.values[d] for d in dimensions]))
+    return result
 
 
-def dimension_values(user: Any, *, filters: CostFilter, dimension: Dimension) -> list[Group]:
-    """The values a filter drop-down offers (groups with any spend in the range)."""
-    return _todo(user, filters, dimension)
+# --- Runs -------------------------------------------------------------------------------------
 
 
-def costliest_runs(user: Any, *, filters: CostFilter, limit: int = 20) -> list[Any]:
-    """Drill-down: the runs (``fleet.Run``, with agent and team) behind a number, costliest first."""
-    return _todo(user, filters, limit)
+def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = "day") -> list[AgentRunCost]:
+    """Per agent: cost of its runs started in the range divided by those that succeeded, with
+    the trend per bucket (from ``fleet.Run``)."""
+    if bucket not in ("hour", "day", "week", "month"):
+        raise ValueError(f"{bucket!r} is not a bucket")
+    tz = UTC if bucket == "hour" else timezone.get_current_timezone()
+    rows = (
+        _runs_for(user, filters)
+        .annotate(bucket=Trunc("created_at", bucket, output_field=DateTimeField(), tzinfo=tz))
+        .values("agent_id", "bucket")
+        .annotate(
+            cost=Sum("cost"),
+            runs=Count("id"),
+            succeeded=Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
+        )
+        .order_by("bucket")
+    )
+    trends: dict[int, list[RunCostPoint]] = {}
+    for r in rows:
+        cost = _money(r["cost"])
+        per = (cost / r["succeeded"]).quantize(PLACES) if r["succeeded"] else None
+        trends.setdefault(r["agent_id"], []).append(RunCostPoint(r["bucket"], cost, r["runs"], r["succeeded"], per))
+    agents = {a.pk: a for a in Agent.objects.filter(pk__in=trends).select_related("team")}
+    result = []
+    for agent_id, trend in trends.items():
+        agent = agents.get(agent_id)
+        cost = sum((p.cost for p in trend), ZERO)
+        runs = sum(p.runs for p in trend)
+        succeeded = sum(p.succeeded for p in trend)
+        with_success = [p for p in trend if p.cost_per_success is not None]
+        change = None
+        if len(with_success) >= 2 and with_success[-2].cost_per_success:
+            last, before = with_success[-1].cost_per_success, with_success[-2].cost_per_success
+            change = float(last / before - 1) if last is not None and before else None
+        result.append(
+            AgentRunCost(
+                agent_id,
+                agent.name if agent else f"agent #{agent_id}",
+                agent.team.name if agent else "",
+                cost,
+                runs,
+                succeeded,
+                (cost / succeeded).quantize(PLACES) if succeeded else None,
+                trend,
+                change,
+            )
+        )
+    result.sort(key=lambda a: (-a.cost, a.agent))
+    return result
 
 
-def forecasts(user: Any, *, team_id: int | None = None, agent_id: int | None = None) -> list[Forecast]:
-    """Stored forecasts (recomputed hourly) of team and agent spend to the end of the month."""
-    return _todo(user, team_id, agent_id)
+def costliest_runs(user: Any, *, filters: CostFilter, limit: int = 20) -> list[Run]:
+    """Drill-down: the runs (``fleet.Run``, with agent and team) behind a number, costliest first.
+    Model, provider and tag filters do not narrow runs (a run may use several)."""
+    return list(_runs_for(user, filters).select_related("agent", "team").order_by("-cost", "-id")[:limit])
 
 
 def routing_insight(
     user: Any, *, filters: CostFilter, agent_id: int | None = None, min_calls: int = 1
 ) -> list[RoutingRow]:
-    return _todo(user, filters, agent_id, min_calls)
+    """Per agent, LLM step name and model (managed runs' journal): calls, cost, and how the runs
+    making such calls ended and how their approvals were decided."""
+    steps = Step.objects.filter(
+        kind=StepKind.LLM,
+        run__in=_runs_for(user, filters),
+        status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED],
+    )
+    if agent_id is not None:
+        steps = steps.filter(run__agent_id=agent_id)
+    rows = (
+        steps.values("run__agent_id", "name", "model")
+        .annotate(
+            calls=Count("id"),
+            cost=Sum("cost"),
+            unpriced=Count("id", filter=Q(cost__isnull=True, status=StepStatus.SUCCEEDED)),
+            failed=Count("id", filter=Q(status=StepStatus.FAILED)),
+        )
+        .order_by()
+    )
+    run_links = steps.values_list("run__agent_id", "name", "model", "run_id").distinct()
+    runs_of: dict[tuple[int, str, str], set[int]] = {}
+    for agent, name, model, run_id in run_links:
+        runs_of.setdefault((agent, name, model), set()).add(run_id)
+    all_runs = set().union(*runs_of.values()) if runs_of else set()
+    outcome = dict(Run.objects.filter(pk__in=all_runs).values_list("pk", "status"))
+    approvals: dict[int, list[int]] = {}
+    for run_id, status in Step.objects.filter(
+        run_id__in=all_runs, kind=StepKind.APPROVAL, status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED]
+    ).values_list("run_id", "status"):
+        entry = approvals.setdefault(run_id, [0, 0])
+        entry[0] += status == StepStatus.SUCCEEDED
+        entry[1] += 1
+    labels = _Labels()
+    labels.load_agents(r["run__agent_id"] for r in rows)
+    result = []
+    for r in rows:
+        if r["calls"] < min_calls:
+            continue
+        runs = runs_of.get((r["run__agent_id"], r["name"], r["model"]), set())
+        ended = [outcome[i] for i in runs if outcome.get(i) in FINAL_RUN_STATUSES]
+        approved = sum(approvals.get(i, [0, 0])[0] for i in runs)
+        decided = sum(approvals.get(i, [0, 0])[1] for i in runs)
+        priced_calls = r["calls"] - r["unpriced"] - r["failed"]
+        cost = _money(r["cost"])
+        result.append(
+            RoutingRow(
+                r["run__agent_id"],
+                labels.agent(r["run__agent_id"], ""),
+                r["name"],
+                r["model"],
+                r["calls"],
+                cost,
+                (cost / priced_calls).quantize(PLACES) if priced_calls > 0 and r["cost"] is not None else None,
+                r["unpriced"],
+                sum(1 for s in ended if s == RunStatus.SUCCEEDED) / len(ended) if ended else None,
+                approved / decided if decided else None,
+                r["failed"],
+            )
+        )
+    result.sort(key=lambda x: (x.agent, x.step, -x.cost))
+    return result
+
+
+# --- Forecasts and budgets --------------------------------------------------------------------
+
+
+def forecasts(user: Any, *, team_id: int | None = None, agent_id: int | None = None) -> list[Forecast]:
+    """Stored forecasts (recomputed hourly) of team and agent spend to the end of the month."""
+    rows = access.scope_to_principal(Forecast.objects.select_related("team", "agent"), user, TeamPerm.VIEW_COSTS)
+    if team_id is not None:
+        rows = rows.filter(team_id=team_id)
+    if agent_id is not None:
+        rows = rows.filter(agent_id=agent_id)
+    return list(rows.order_by("team__name", "agent__name"))
+
+
+def _visible_budgets(user: Any) -> QuerySet[Budget]:
+    ids = visible_team_ids(user)
+    budgets = Budget.objects.select_related("team", "agent")
+    if ids is None:
+        return budgets
+    return budgets.filter(team_id__in=ids)
 
 
 def budgets_for_user(user: Any) -> list[BudgetStatus]:
     """Active budgets the user may see, with the current period's spend and alerts."""
-    return _todo(user)
+    now = timezone.now()
+    return [budget_status(b, now=now) for b in _visible_budgets(user).filter(active=True)]
 
 
 def budget_status(budget: Budget, *, now: datetime | None = None) -> BudgetStatus:
-    return _todo(budget, now)
+    now = now or timezone.now()
+    if budget.period == BudgetPeriod.RUN:
+        top = (
+            BudgetSpend.objects.filter(budget=budget, updated_at__gte=now - timedelta(days=1))
+            .order_by("-spent")
+            .first()
+        )
+        spent = top.spent if top else ZERO
+        period, start, end = (top.period if top else ""), None, None
+    else:
+        period, start, end = period_bounds(budget.period, now)
+        found_spend = BudgetSpend.objects.filter(budget=budget, period=period).values_list("spent", flat=True).first()
+        spent = found_spend or ZERO
+    forecast = None
+    if budget.period == BudgetPeriod.MONTH and budget.team is not None and start is not None:
+        scope = Q(agent=budget.agent) if budget.scope == BudgetScope.AGENT else Q(agent__isnull=True)
+        found = (
+            Forecast.objects.filter(scope, team=budget.team, period=BudgetPeriod.MONTH, period_start=start).first()
+            if budget.scope in (BudgetScope.TEAM, BudgetScope.AGENT)
+            else None
+        )
+        forecast = found.projected_total if found else None
+    alerts = list(budget.alerts.filter(period=period)) if period else []
+    percent = float(spent / budget.limit_usd * 100) if budget.limit_usd else 0.0
+    return BudgetStatus(budget, period, start, end, _money(spent), percent, forecast, alerts)
 
 
 def get_budget_for_user(user: Any, pk: int, perm: str) -> Budget:
-    """One budget: 404 unless its team's costs are visible (global budgets: organisation-wide
-    users), 403 unless ``perm`` (``TeamPerm.MANAGE`` to change it) is held."""
-    return _todo(user, pk, perm)
+    """One budget: 404 unless its team's costs are visible (budgets without a team:
+    organisation-wide users), 403 unless ``perm`` (``TeamPerm.MANAGE`` to change it) is held."""
+    budget = Budget.objects.select_related("team", "agent").filter(pk=pk).first()
+    who = access.for_user(user)
+    if budget is None or not who.can(TeamPerm.VIEW_COSTS, budget.team_id):
+        raise Http404("No such budget.")
+    if perm != TeamPerm.VIEW_COSTS and not who.can(perm, budget.team_id):
+        raise PermissionDenied("Your role does not allow changing this budget.")
+    return budget
+
+
+def can_manage_budgets(user: Any, team_id: int | None) -> bool:
+    """May ``user`` create or change budgets for ``team_id`` (``None``: budgets over every team)?"""
+    return access.for_user(user).can(TeamPerm.MANAGE, team_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from decimal import Decimal
 
 import pytest
 from google.rpc import status_pb2
@@ -72,7 +73,7 @@ def test_a_protobuf_export_is_stored_with_its_meaning(client, ingest_key, captur
         "ok",
     )
     assert summary.model_list == ["gpt-4o"] and "payments.refund" in summary.search
-    assert summary.cost is None  # no pricer knows gpt-4o yet: unpriced, not zero
+    assert summary.cost == Decimal("0.005980")  # priced at ingest: 2 × (812 in + 96 out) on gpt-4o
 
 
 @pytest.mark.parametrize("gzipped", [False, True])

@@ -1,0 +1,496 @@
+"""Budget enforcement: the budget guard the runtime asks before every step, and the spend
+counters it reads.
+
+Where spend is counted (``BudgetSpend``, one row per budget and period):
+
+* a managed run's LLM step is charged the moment its cost is known — the runtime prices it
+  through the pricer seam right after the model answers, in the thread that checked the step,
+  and ``step_priced`` charges the budgets that check found;
+* every other span with a cost (external agents) is charged when it is stored
+  (``charge_spans``, in the span store's transaction). Spans of Cockpit's own runtime are not
+  charged again there.
+
+How the cap holds with concurrent runs. Before an LLM step the guard locks the budget's
+counter row and looks at the steps *in flight* (``BudgetHold``: admitted, not yet paid for):
+
+* spent ≥ limit → the cap applies (pause, or degrade to a cheaper model);
+* nothing in flight → admitted (this one step may overshoot: the bound the issue allows);
+* else admitted only if ``spent + in-flight estimates + this step's estimate < limit``, where a
+  step's estimate is 1.5 × the costliest step seen by the budget (unknown before the first
+  step of a budget is paid: steps then go one at a time); otherwise the check waits for the
+  steps in flight to be paid (tens of ms to a model call's length) and looks again.
+
+So the spend can exceed the limit by one step's cost — plus, in the admitted-in-parallel case,
+only what steps cost beyond 1.5 × the costliest seen. A hold ends when its cost is charged,
+when its run's next step is checked, when the run is no longer running, or after
+``HOLD_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from finops.models import Budget, BudgetAction, BudgetHold, BudgetPeriod, BudgetScope, BudgetSpend, run_period_key
+from finops.rollups import Dimensions, tags_of
+from fleet import seams
+from fleet.models import RunStatus, split_model_ref
+
+if TYPE_CHECKING:
+    from fleet.models import Run
+
+logger = logging.getLogger(__name__)
+
+RUNTIME_SCOPE = "cockpit.fleet"  # instrumentation scope of the runtime's spans (fleet.telemetry)
+HOLD_SECONDS = 180
+ESTIMATE_MARGIN = Decimal("1.5")
+WAIT_SECONDS = 0.02
+ZERO = Decimal(0)
+
+
+# --- Scope matching ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a budget's scope is matched against: a run about to take a step, or a span."""
+
+    team_id: int
+    agent_id: int
+    workflow: str
+    tags: frozenset[str]
+
+
+def applies(budget: Budget, subject: Subject) -> bool:
+    if budget.team_id is not None and budget.team_id != subject.team_id:
+        return False
+    if budget.scope == BudgetScope.AGENT:
+        return budget.agent_id == subject.agent_id
+    if budget.scope == BudgetScope.WORKFLOW:
+        return budget.workflow == subject.workflow
+    if budget.scope == BudgetScope.TAG:
+        return budget.tag in subject.tags
+    return True  # global, team
+
+
+def budgets_of_team(team_id: int) -> list[Budget]:
+    """Active budgets that may apply to the team's spend (one indexed query)."""
+    return list(Budget.objects.filter(Q(team__isnull=True) | Q(team_id=team_id), active=True).order_by("pk"))
+
+
+_resource_tags: frozenset[str] | None = None
+
+
+def runtime_tags() -> frozenset[str]:
+    """The tags the runtime's spans carry: this process's OpenTelemetry resource attributes."""
+    global _resource_tags
+    if _resource_tags is None:
+        from opentelemetry import trace
+
+        from finops.rollups import tag_of
+
+        resource = getattr(trace.get_tracer_provider(), "resource", None)
+        attributes = dict(resource.attributes) if resource is not None else {}
+        _resource_tags = frozenset(tags_of(tag_of({}, attributes)))
+    return _resource_tags
+
+
+def run_subject(run: Run) -> Subject:
+    return Subject(run.team_id, run.agent_id, run.agent.entrypoint if run.agent_id else "", runtime_tags())
+
+
+# --- Spend rows -------------------------------------------------------------------------------
+
+_known_spends: dict[tuple[int, str], int] = {}
+
+
+def _greatest(a: str, b: str) -> str:
+    return f"GREATEST({a}, {b})" if connection.vendor == "postgresql" else f"MAX({a}, {b})"
+
+
+def spend_ids(wanted: Iterable[tuple[Budget, str, datetime | None, datetime | None]]) -> dict[tuple[int, str], int]:
+    """The ids of the spend rows of (budget, period), created (carrying the budget's last known
+    step cost) where missing."""
+    found: dict[tuple[int, str], int] = {}
+    missing = []
+    for budget, period, start, end in wanted:
+        key = (budget.pk, period)
+        if key in _known_spends:
+            found[key] = _known_spends[key]
+        else:
+            missing.append((budget, period, start, end))
+    if missing:
+        table = BudgetSpend._meta.db_table
+        now = timezone.now()
+        with connection.cursor() as cursor:
+            for budget, period, start, end in missing:
+                cursor.execute(
+                    f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, max_step_cost, "
+                    f"updated_at) VALUES (%s, %s, %s, %s, 0, (SELECT max_step_cost FROM {table} "
+                    f"WHERE budget_id = %s AND max_step_cost IS NOT NULL ORDER BY updated_at DESC LIMIT 1), %s) "
+                    "ON CONFLICT (budget_id, period) DO NOTHING",
+                    [budget.pk, period, start, end, budget.pk, now],
+                )
+        rows = BudgetSpend.objects.filter(
+            Q(*[Q(budget_id=b.pk, period=p) for b, p, _, _ in missing], _connector=Q.OR)
+        ).values_list("budget_id", "period", "pk")
+        for budget_id, period, pk in rows:
+            found[(budget_id, period)] = _known_spends[(budget_id, period)] = pk
+    return found
+
+
+def forget_spend_cache() -> None:
+    _known_spends.clear()
+
+
+# --- The guard --------------------------------------------------------------------------------
+
+
+@dataclass
+class PendingStep:
+    """An admitted LLM step waiting for its cost: which counters to charge, which to release."""
+
+    run_id: int
+    spends: dict[int, Budget]  # spend id -> budget
+    held: list[int] = field(default_factory=list)
+
+
+class _Local(threading.local):
+    step: PendingStep | None = None
+
+
+_local = _Local()
+
+
+def _reason(budget: Budget, spent: Decimal, period: str) -> str:
+    when = "this run" if budget.period == BudgetPeriod.RUN else f"this {budget.period} ({period})"
+    return (
+        f"budget_exceeded: {budget.name} [budget #{budget.pk}] on {budget.describe_scope()} has spent "
+        f"${spent:.4f} of ${budget.limit_usd:.4f} {when}"
+    )
+
+
+def cheaper_fallback(run: Run) -> str | None:
+    """The agent version's fallback model cheapest per token (priced on a sample call), if it
+    is cheaper than the model in use; ``None`` when there is none."""
+    from finops import prices
+    from fleet.providers.base import Usage
+
+    version = run.version
+    if version is None or not version.fallback_models:
+        return None
+    current = run.overrides.get("model") or version.primary_model
+    sample = Usage(input_tokens=1000, output_tokens=1000)
+
+    def cost(ref: str) -> Decimal | None:
+        provider_name, model = split_model_ref(ref)
+        return prices.price(provider=_provider_system(provider_name), model=model, usage=sample)
+
+    current_cost = cost(current)
+    candidates = []
+    for ref in version.fallback_models:
+        if ref == current:
+            continue
+        ref_cost = cost(ref)
+        if ref_cost is not None and (current_cost is None or ref_cost < current_cost):
+            candidates.append((ref_cost, ref))
+    if candidates:
+        return min(candidates)[1]
+    return None
+
+
+def _provider_system(name: str) -> str:
+    from fleet.models import ModelProvider
+
+    kind = ModelProvider.objects.filter(name=name).values_list("kind", flat=True).first()
+    return {"openai": "openai", "anthropic": "anthropic", "simulated": "simulated"}.get(kind or "", name)
+
+
+def _at_cap(budget: Budget, run: Run, spent: Decimal, period: str) -> seams.BudgetVerdict:
+    reason = _reason(budget, spent, period)
+    if budget.action == BudgetAction.DEGRADE:
+        model = cheaper_fallback(run)
+        if model:
+            return seams.BudgetVerdict("degrade", reason=f"{reason}; degraded to {model}", model=model)
+        return seams.BudgetVerdict("pause", reason=f"{reason} (no cheaper fallback model to degrade to)")
+    return seams.BudgetVerdict("pause", reason=reason)
+
+
+class FinopsBudgetGuard:
+    """The budget seam: a run's own budget first (``RunBudgetGuard``), then every active budget
+    whose scope covers the run."""
+
+    def __init__(self) -> None:
+        self._run_guard = seams.RunBudgetGuard()
+
+    def check(self, *, run: Run, step_kind: str) -> seams.BudgetVerdict:
+        release_pending()
+        verdict = self._run_guard.check(run=run, step_kind=step_kind)
+        if verdict.verdict != "ok":
+            return verdict
+        subject = run_subject(run)
+        budgets = [b for b in budgets_of_team(run.team_id) if applies(b, subject)]
+        if not budgets:
+            return verdict
+        now = timezone.now()
+        wanted = []
+        for budget in budgets:
+            period, start, end = budget.period_for(now, run.pk)
+            wanted.append((budget, period, start, end))
+        ids = spend_ids(wanted)
+        spends = {ids[(b.pk, p)]: b for b, p, _, _ in wanted}
+        degrade: seams.BudgetVerdict | None = None
+        for budget in budgets:
+            if budget.period == BudgetPeriod.RUN and budget.enforces and run.cost >= budget.limit_usd:
+                capped = _at_cap(budget, run, run.cost, run_period_key(run.pk))
+                if capped.verdict == "pause":
+                    return capped
+                degrade = degrade or capped
+        calendar = {spend_id: b for spend_id, b in spends.items() if b.enforces and b.period != BudgetPeriod.RUN}
+        held: list[int] = []
+        if calendar:
+            admitted, held = _admit(run, calendar, hold=step_kind == "llm")
+            if admitted is not None:
+                if admitted.verdict == "pause":
+                    return admitted
+                degrade = degrade or admitted
+        if step_kind == "llm":
+            _local.step = PendingStep(run.pk, spends, held)
+        return degrade or verdict
+
+
+def _lock_spends(ids: list[int]) -> dict[int, tuple[Decimal, Decimal | None, str]]:
+    table = BudgetSpend._meta.db_table
+    placeholders = ", ".join(["%s"] * len(ids))
+    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, spent, max_step_cost, period FROM {table} WHERE id IN ({placeholders}) ORDER BY id{lock}",
+            ids,
+        )
+        return {
+            row[0]: (Decimal(str(row[1])), None if row[2] is None else Decimal(str(row[2])), row[3])
+            for row in cursor.fetchall()
+        }
+
+
+def _holds_in_flight(ids: list[int], run_id: int, now: datetime) -> dict[int, tuple[int, Decimal, int]]:
+    """Per spend row: (steps in flight, their estimates' sum, how many have an estimate)."""
+    from fleet.models import Run
+
+    hold_table, run_table = BudgetHold._meta.db_table, Run._meta.db_table
+    placeholders = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT h.spend_id, COUNT(*), COALESCE(SUM(h.amount), 0), COUNT(h.amount) FROM {hold_table} h "
+            f"JOIN {run_table} r ON r.id = h.run_id "
+            f"WHERE h.spend_id IN ({placeholders}) AND h.run_id <> %s AND h.expires_at > %s AND r.status = %s "
+            "GROUP BY h.spend_id",
+            [*ids, run_id, now, RunStatus.RUNNING],
+        )
+        return {row[0]: (int(row[1]), Decimal(str(row[2])), int(row[3])) for row in cursor.fetchall()}
+
+
+def _admit(run: Run, budgets: dict[int, Budget], *, hold: bool) -> tuple[seams.BudgetVerdict | None, list[int]]:
+    """Admit the run's next step against calendar budgets that enforce a cap: returns the cap's
+    verdict if one is reached, else ``None`` and the holds taken (LLM steps only)."""
+    ids = sorted(budgets)
+    waited_since = time.monotonic()
+    while True:
+        now = timezone.now()
+        with transaction.atomic():
+            spends = _lock_spends(ids)
+            if len(spends) < len(ids):
+                forget_spend_cache()  # a budget was deleted meanwhile; the next check starts afresh
+                return None, []
+            degrade: seams.BudgetVerdict | None = None
+            for spend_id in ids:
+                spent, _, period = spends[spend_id]
+                budget = budgets[spend_id]
+                if spent >= budget.limit_usd:
+                    capped = _at_cap(budget, run, spent, period)
+                    if capped.verdict == "pause":
+                        return capped, []
+                    degrade = degrade or capped
+            if degrade is not None or not hold:
+                return degrade, []
+            in_flight = _holds_in_flight(ids, run.pk, now)
+            estimates: dict[int, Decimal | None] = {}
+            blocked = False
+            for spend_id in ids:
+                spent, max_step, _ = spends[spend_id]
+                estimate = None if max_step is None else max_step * ESTIMATE_MARGIN
+                estimates[spend_id] = estimate
+                count, total, with_estimate = in_flight.get(spend_id, (0, ZERO, 0))
+                if count == 0:
+                    continue
+                if (
+                    estimate is None
+                    or with_estimate < count
+                    or spent + total + estimate >= budgets[spend_id].limit_usd
+                ):
+                    blocked = True
+                    break
+            if not blocked or time.monotonic() - waited_since > 2 * HOLD_SECONDS:
+                _hold(run.pk, estimates, now)
+                return None, ids
+        time.sleep(WAIT_SECONDS)
+
+
+def _hold(run_id: int, estimates: dict[int, Decimal | None], now: datetime) -> None:
+    table = BudgetHold._meta.db_table
+    expires = now + timedelta(seconds=HOLD_SECONDS)
+    with connection.cursor() as cursor:
+        for spend_id, estimate in sorted(estimates.items()):
+            cursor.execute(
+                f"INSERT INTO {table} (spend_id, run_id, amount, created_at, expires_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (spend_id, run_id) DO UPDATE SET amount = excluded.amount, "
+                "created_at = excluded.created_at, expires_at = excluded.expires_at",
+                [spend_id, run_id, estimate, now, expires],
+            )
+
+
+def release_pending() -> None:
+    """The step admitted last in this thread never reported a cost (its call failed): let
+    its holds go."""
+    pending, _local.step = _local.step, None
+    if pending is not None and pending.held:
+        BudgetHold.objects.filter(run_id=pending.run_id, spend_id__in=pending.held).delete()
+
+
+def step_priced(cost: Decimal | None) -> None:
+    """The pricer priced the LLM step this thread's last check admitted: charge its budgets."""
+    pending, _local.step = _local.step, None
+    if pending is None:
+        return
+    try:
+        with transaction.atomic():
+            crossed = _charge_ids(pending.spends, cost) if cost else []
+            if pending.held:
+                BudgetHold.objects.filter(run_id=pending.run_id, spend_id__in=pending.held).delete()
+            _evaluate_on_commit(crossed, [pending.run_id])
+    except Exception:  # the step's answer matters more than the counter; reconcile fixes it
+        logger.exception("budget spend of run %s could not be charged", pending.run_id)
+
+
+def _charge_ids(spends: dict[int, Budget], cost: Decimal) -> list[tuple[Budget, str]]:
+    table = BudgetSpend._meta.db_table
+    ids = sorted(spends)
+    placeholders = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET spent = spent + %s, "
+            f"max_step_cost = {_greatest('COALESCE(max_step_cost, 0)', '%s')}, updated_at = %s "
+            f"WHERE id IN ({placeholders}) RETURNING id, spent, period",
+            [cost, cost, timezone.now(), *ids],
+        )
+        rows = cursor.fetchall()
+    crossed = []
+    for spend_id, spent, period in rows:
+        budget = spends[spend_id]
+        if _crossed(budget, Decimal(str(spent)) - cost, Decimal(str(spent))):
+            crossed.append((budget, period))
+    return crossed
+
+
+def _crossed(budget: Budget, before: Decimal, after: Decimal, *, over_cap_counts: bool = False) -> bool:
+    """Did the spend reach a threshold it had not reached before? With ``over_cap_counts``, spend
+    added over an enforced cap counts too (external runs still sending must be paused)."""
+    limit = budget.limit_usd
+    if over_cap_counts and after >= limit and budget.enforces:
+        return True
+    return before < limit <= after or any(before * 100 < limit * t <= after * 100 for t in budget.sorted_thresholds)
+
+
+def _evaluate_on_commit(crossed: list[tuple[Budget, str]], run_ids: list[int]) -> None:
+    if not crossed:
+        return
+    from finops.tasks import budget_evaluate
+
+    for budget, period in crossed:
+        transaction.on_commit(
+            functools.partial(budget_evaluate.delay, budget.pk, period, sorted(set(run_ids))), robust=True
+        )
+
+
+def budget_still_exceeded(budget: Budget, run: Run) -> bool:
+    """After a change of the budget: would it stop ``run`` at its next step?"""
+    if not budget.active or not budget.enforces:
+        return False
+    if budget.period == BudgetPeriod.RUN:
+        return run.cost >= budget.limit_usd
+    period, _, _ = budget.period_for(timezone.now())
+    spent = BudgetSpend.objects.filter(budget=budget, period=period).values_list("spent", flat=True).first()
+    return spent is not None and spent >= budget.limit_usd
+
+
+# --- At ingest --------------------------------------------------------------------------------
+
+
+def charge_spans(team_id: int, charges: list[tuple[dict[str, Any], Dimensions]]) -> None:
+    """Add the cost of stored spans (not the runtime's) to the budgets covering them."""
+    budgets = budgets_of_team(team_id)
+    if not budgets:
+        return
+    totals: dict[tuple[int, str], list[Any]] = {}
+    by_pk = {b.pk: b for b in budgets}
+    for row, dims in charges:
+        subject = Subject(team_id, dims.agent_id, dims.workflow, frozenset(tags_of(dims.tag)))
+        for budget in budgets:
+            if not applies(budget, subject):
+                continue
+            run_id = row.get("run_id")
+            if budget.period == BudgetPeriod.RUN:
+                if run_id is None:
+                    continue
+                period, start, end = run_period_key(run_id), None, None
+            else:
+                period, start, end = budget.period_for(row["start_time"])
+            entry = totals.get((budget.pk, period))
+            if entry is None:
+                entry = totals[(budget.pk, period)] = [ZERO, ZERO, start, end, set()]
+            cost = row["cost"]
+            entry[0] += cost
+            entry[1] = max(entry[1], cost)
+            if run_id is not None:
+                entry[4].add(run_id)
+    if not totals:
+        return
+    table = BudgetSpend._meta.db_table
+    now = timezone.now()
+    keys = sorted(totals)
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(keys))
+    params: list[Any] = []
+    for budget_id, period in keys:
+        delta, biggest, start, end, _ = totals[(budget_id, period)]
+        params += [budget_id, period, start, end, delta, biggest, now]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, max_step_cost, updated_at) "
+            f"VALUES {values} ON CONFLICT (budget_id, period) DO UPDATE SET spent = {table}.spent + excluded.spent, "
+            f"max_step_cost = {_greatest(f'COALESCE({table}.max_step_cost, 0)', 'excluded.max_step_cost')}, "
+            "updated_at = excluded.updated_at RETURNING budget_id, period, spent",
+            params,
+        )
+        rows = cursor.fetchall()
+    from finops.tasks import budget_evaluate
+
+    for budget_id, period, spent in rows:
+        budget = by_pk[budget_id]
+        delta, _, _, _, run_ids = totals[(budget_id, period)]
+        after = Decimal(str(spent))
+        if _crossed(budget, after - delta, after, over_cap_counts=bool(run_ids)):
+            transaction.on_commit(
+                functools.partial(budget_evaluate.delay, budget_id, period, sorted(run_ids)), robust=True
+            )

@@ -1,0 +1,436 @@
+"""Hourly cost rollups, kept at ingest and rebuilt on demand.
+
+``spans_stored`` (from ``traces.store``) hands over each batch of new span rows inside the
+storing transaction; ``on_spans_stored`` folds them into ``CostRollup`` rows with one
+multi-row ``INSERT … ON CONFLICT DO UPDATE`` (PostgreSQL and SQLite alike), so a batch and its
+rollups commit or roll back together. The rows are sorted by key, so concurrent batches lock
+the rollup rows they share in the same order (no deadlocks).
+
+``rebuild`` recomputes the rollups of a time range from the spans (after a reprice, or to
+repair); ``reconcile`` compares rollups with span sums (``finops_reconcile``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Trunc
+
+from cockpit import live
+from finops.models import ROLLUP_KEY, ROLLUP_SUMS, CostRollup
+from traces.semconv import SpanType
+
+# Spans whose tokens and cost are their own (the same set as the trace summaries use).
+LEAF_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING, SpanType.TOOL, SpanType.RETRIEVAL, SpanType.GUARDRAIL})
+MODEL_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING})
+WORKFLOW_ATTRIBUTES = ("gen_ai.workflow.name", "traceloop.workflow.name")
+CHUNK_ROWS = 400
+ZERO = Decimal(0)
+
+Key = tuple[Any, ...]
+
+
+def tag_keys() -> tuple[str, ...]:
+    return tuple(getattr(settings, "COCKPIT_FINOPS_TAG_KEYS", ("cockpit.cost_center",)))
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _text(value: Any, limit: int) -> str:
+    if value is None or isinstance(value, (dict, list)):
+        return ""
+    return str(value)[:limit]
+
+
+def workflow_of(attributes: dict[str, Any], resource: dict[str, Any]) -> str:
+    for name in WORKFLOW_ATTRIBUTES:
+        value = attributes.get(name) or resource.get(name)
+        if value:
+            return _text(value, 200)
+    return ""
+
+
+def tag_of(attributes: dict[str, Any], resource: dict[str, Any], keys: tuple[str, ...] | None = None) -> str:
+    parts = []
+    for key in keys if keys is not None else tag_keys():
+        value = attributes.get(key)
+        if value is None or value == "":
+            value = resource.get(key)
+        if value is not None and value != "":
+            parts.append(f"{key}={_text(value, 120)}")
+    return ";".join(parts)[:200]
+
+
+def tags_of(tag: str) -> set[str]:
+    """``"a=1;b=2"`` → ``{"a=1", "b=2"}`` (what a tag budget matches against)."""
+    return {part for part in tag.split(";") if part}
+
+
+def attempts_of(attributes: dict[str, Any]) -> int:
+    value = attributes.get("cockpit.attempts")
+    if isinstance(value, bool) or value is None:
+        return 1
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return 1
+
+
+@dataclass(frozen=True)
+class Dimensions:
+    """The rollup key of a span (without hour and team)."""
+
+    agent_id: int
+    agent_key: str
+    agent_version: str
+    workflow: str
+    model: str
+    provider: str
+    tag: str
+
+
+# The agent of a trace, for its spans that name none: (agent pk or 0, key as sent, version).
+TraceAgent = tuple[int, str, str]
+
+
+def has_agent(row: dict[str, Any]) -> bool:
+    return bool(row.get("agent_id") or row.get("agent_key") or row.get("agent_name"))
+
+
+def agent_of(row: dict[str, Any]) -> TraceAgent:
+    agent_id = int(row.get("agent_id") or 0)
+    key = "" if agent_id else _text(row.get("agent_key") or row.get("agent_name") or "", 200)
+    return agent_id, key, _text(row.get("agent_version") or "", 100)
+
+
+def dimensions_of(
+    row: dict[str, Any], keys: tuple[str, ...] | None = None, inherited: TraceAgent | None = None
+) -> Dimensions:
+    """The span's dimensions; a span naming no agent takes its trace's (``inherited``)."""
+    attributes = row.get("attributes") or {}
+    resource = row.get("resource") or {}
+    agent_id, agent_key, agent_version = inherited if inherited is not None and not has_agent(row) else agent_of(row)
+    return Dimensions(
+        agent_id=agent_id,
+        agent_key=agent_key,
+        agent_version=agent_version,
+        workflow=workflow_of(attributes, resource),
+        model=_text(row.get("model") or "", 200),
+        provider=_text(row.get("provider") or "", 100),
+        tag=tag_of(attributes, resource, keys),
+    )
+
+
+class Accumulator:
+    """Sums of span rows per rollup key."""
+
+    def __init__(self) -> None:
+        self.sums: dict[Key, list[Any]] = {}
+
+    def add(
+        self,
+        row: dict[str, Any],
+        team_id: int,
+        keys: tuple[str, ...],
+        inherited: TraceAgent | None = None,
+        sign: int = 1,
+    ) -> Dimensions:
+        dims = dimensions_of(row, keys, inherited)
+        key = (
+            hour_of(row["start_time"]),
+            team_id,
+            dims.agent_id,
+            dims.agent_key,
+            dims.agent_version,
+            dims.workflow,
+            dims.model,
+            dims.provider,
+            dims.tag,
+        )
+        sums = self.sums.get(key)
+        if sums is None:
+            sums = self.sums[key] = [ZERO, 0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO, 0, ZERO]
+        span_type = row["span_type"]
+        cost = row.get("cost")
+        leaf = span_type in LEAF_TYPES
+        error = row.get("status_code") == 2
+        retries = attempts_of(row.get("attributes") or {}) - 1 if leaf else 0
+        if cost is not None:
+            cost = cost * sign
+            sums[0] += cost
+            sums[8] += sign
+            if error:
+                sums[10] += cost
+            if retries:
+                sums[12] += cost
+        if leaf:
+            sums[1] += (row.get("input_tokens") or 0) * sign
+            sums[2] += (row.get("output_tokens") or 0) * sign
+            sums[3] += (row.get("cache_read_tokens") or 0) * sign
+            sums[4] += (row.get("reasoning_tokens") or 0) * sign
+            sums[11] += retries * sign
+        sums[5] += sign
+        if span_type in MODEL_TYPES:
+            sums[6] += sign
+            if cost is None and row.get("model") and (row.get("input_tokens") or row.get("output_tokens")):
+                sums[9] += sign
+        if error:
+            sums[7] += sign
+        return dims
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return [(*key, *sums) for key, sums in sorted(self.sums.items(), key=lambda item: _sort_key(item[0]))]
+
+
+def _sort_key(key: Key) -> tuple[Any, ...]:
+    return (key[0].isoformat(), *key[1:])
+
+
+def _upsert_sql(count: int) -> str:
+    table = CostRollup._meta.db_table
+    columns = [*ROLLUP_KEY, *ROLLUP_SUMS]
+    placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholders] * count)} "
+        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {updates}"
+    )
+
+
+def upsert(rows: list[tuple[Any, ...]]) -> None:
+    """Add ``rows`` (key + sums, sorted by key) to the rollups."""
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chunk = rows[start : start + CHUNK_ROWS]
+            cursor.execute(_upsert_sql(len(chunk)), [value for row in chunk for value in row])
+
+
+# --- At ingest --------------------------------------------------------------------------------
+
+
+def on_spans_stored(sender: Any, *, team: Any, rows: list[dict[str, Any]], now: datetime, **kwargs: Any) -> None:
+    """``traces.signals.spans_stored`` receiver: rollups, then budget spend, in the batch's
+    transaction."""
+    from finops import budgets
+
+    keys = tag_keys()
+    accumulator = Accumulator()
+    charges: list[tuple[dict[str, Any], Dimensions]] = []
+    costly = False
+    agents = _trace_agents(team.pk, rows, accumulator, keys)
+    for row in rows:
+        dims = accumulator.add(row, team.pk, keys, agents.get(row["trace_id"]))
+        if row.get("cost") is not None:
+            costly = True
+            if row.get("scope_name") != budgets.RUNTIME_SCOPE:
+                charges.append((row, dims))  # the runtime's steps were charged as they ended
+    upsert(accumulator.rows())
+    if costly:
+        live.publish({"type": "finops.cost", "team": team.pk}, team_id=team.pk, coalesce=f"finops.cost:{team.pk}")
+    if charges:
+        budgets.charge_spans(team.pk, charges)
+
+
+def _pick(rows: Iterable[dict[str, Any]]) -> dict[str, TraceAgent]:
+    """Per trace, the agent its spans name: an agent span's first, else any span's."""
+    found: dict[str, tuple[int, TraceAgent]] = {}
+    for row in rows:
+        if not has_agent(row):
+            continue
+        rank = 0 if row.get("span_type") == SpanType.AGENT else 1
+        current = found.get(row["trace_id"])
+        if current is None or rank < current[0]:
+            found[row["trace_id"]] = (rank, agent_of(row))
+    return {trace_id: agent for trace_id, (_, agent) in found.items()}
+
+
+def _stored_agents(team_id: int, trace_ids: Iterable[str], exclude: set[tuple[str, str]]) -> dict[str, TraceAgent]:
+    """The agents that spans stored earlier name, per trace (agent spans first)."""
+    from traces.models import Span
+
+    ids = sorted(set(trace_ids))
+    if not ids:
+        return {}
+    rows: list[dict[str, Any]] = [
+        dict(row)
+        for row in Span.objects.filter(team_id=team_id, trace_id__in=ids)
+        .filter(Q(agent_id__isnull=False) | ~Q(agent_key="") | ~Q(agent_name=""))
+        .order_by("start_time", "id")
+        .values("trace_id", "span_id", "span_type", "agent_id", "agent_key", "agent_name", "agent_version")
+        if (row["trace_id"], row["span_id"]) not in exclude
+    ]
+    return _pick(rows)
+
+
+def _trace_agents(
+    team_id: int, rows: list[dict[str, Any]], accumulator: Accumulator, keys: tuple[str, ...]
+) -> dict[str, TraceAgent]:
+    """The agent of each trace of the batch whose spans do not all name one: from the batch, or
+    from spans stored earlier. When the batch brings the first agent of a trace (the agent's own
+    span often ends, and is exported, after its children), the trace's earlier spans move to it
+    in the rollups (subtracted where they were counted, added to the agent)."""
+    anonymous = {row["trace_id"] for row in rows if not has_agent(row)}
+    named = {row["trace_id"] for row in rows if has_agent(row)}
+    if not anonymous and not named:
+        return {}
+    in_batch = {(row["trace_id"], row["span_id"]) for row in rows}
+    batch_agents = _pick(rows)
+    # Agents named by earlier spans (for anonymous spans now, and to see who is new).
+    earlier = _stored_agents(team_id, anonymous | named, in_batch)
+    agents = {**batch_agents, **earlier}
+    newly_named = [t for t in batch_agents if t not in earlier]
+    if newly_named:
+        _move_earlier_spans(team_id, newly_named, batch_agents, in_batch, accumulator, keys)
+    return {t: agents[t] for t in anonymous if t in agents}
+
+
+def _move_earlier_spans(
+    team_id: int,
+    trace_ids: list[str],
+    agents: dict[str, TraceAgent],
+    in_batch: set[tuple[str, str]],
+    accumulator: Accumulator,
+    keys: tuple[str, ...],
+) -> None:
+    from traces.models import Span
+
+    earlier = (
+        Span.objects.filter(team_id=team_id, trace_id__in=sorted(trace_ids), agent_id__isnull=True)
+        .filter(agent_key="", agent_name="")
+        .values("trace_id", "span_id", *SPAN_FIELDS)
+    )
+    for row in earlier:
+        if (row["trace_id"], row["span_id"]) in in_batch:
+            continue
+        accumulator.add(row, team_id, keys, None, sign=-1)
+        accumulator.add(row, team_id, keys, agents[row["trace_id"]])
+
+
+# --- Rebuild and reconcile --------------------------------------------------------------------
+
+SPAN_FIELDS = (
+    "start_time",
+    "span_type",
+    "status_code",
+    "agent_id",
+    "agent_key",
+    "agent_name",
+    "agent_version",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "reasoning_tokens",
+    "cost",
+    "attributes",
+    "resource",
+)
+
+
+def hours(since: datetime, until: datetime) -> Iterator[datetime]:
+    hour = hour_of(since)
+    while hour < until:
+        yield hour
+        hour += timedelta(hours=1)
+
+
+def _lock_rollups() -> None:
+    """Keep ingest from adding to the rollups being rebuilt (its upsert waits until commit; the
+    spans it stores meanwhile are either read by the rebuild or added by it afterwards)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {CostRollup._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
+
+
+def rebuild(*, since: datetime, until: datetime, team_ids: Iterable[int] | None = None) -> int:
+    """Recompute the rollups of the whole hours in ``[since, until)`` from the spans, one hour per
+    transaction; returns the number of spans read."""
+    from traces.models import Span
+
+    keys = tag_keys()
+    teams = list(team_ids) if team_ids is not None else None
+    read = 0
+    for hour in hours(since, until):
+        with transaction.atomic():
+            _lock_rollups()
+            rollups = CostRollup.objects.filter(hour=hour)
+            spans = Span.objects.filter(start_time__gte=hour, start_time__lt=hour + timedelta(hours=1))
+            if teams is not None:
+                rollups = rollups.filter(team_id__in=teams)
+                spans = spans.filter(team_id__in=teams)
+            rollups.delete()
+            accumulator = Accumulator()
+            rows = list(spans.values("team_id", "trace_id", "span_id", *SPAN_FIELDS))
+            anonymous: dict[int, set[str]] = {}
+            for row in rows:
+                if not has_agent(row):
+                    anonymous.setdefault(row["team_id"], set()).add(row["trace_id"])
+            agents = {
+                (team_id, trace_id): agent
+                for team_id, trace_ids in anonymous.items()
+                for trace_id, agent in _stored_agents(team_id, trace_ids, set()).items()
+            }
+            for row in rows:
+                accumulator.add(row, row["team_id"], keys, agents.get((row["team_id"], row["trace_id"])))
+                read += 1
+            upsert(accumulator.rows())
+    return read
+
+
+@dataclass(frozen=True)
+class Difference:
+    hour: datetime
+    team_id: int
+    span_cost: Decimal
+    rollup_cost: Decimal
+    span_count: int
+    rollup_count: int
+
+    @property
+    def cost_delta(self) -> Decimal:
+        return self.rollup_cost - self.span_cost
+
+
+def reconcile(
+    *, since: datetime, until: datetime, team_ids: Iterable[int] | None = None
+) -> tuple[int, list[Difference]]:
+    """Compare, per hour and team, the rollups' cost and span count with the spans' own; returns
+    (groups compared, differences). Cost is compared to the cent's ten-thousandth (6 places)."""
+    from traces.models import Span
+
+    start, end = hour_of(since), until
+    spans = Span.objects.filter(start_time__gte=start, start_time__lt=end)
+    rollups = CostRollup.objects.filter(hour__gte=start, hour__lt=end)
+    if team_ids is not None:
+        teams = list(team_ids)
+        spans = spans.filter(team_id__in=teams)
+        rollups = rollups.filter(team_id__in=teams)
+    from_spans = {
+        (hour_of(row["bucket"]), row["team_id"]): (row["cost"] or ZERO, row["n"])
+        for row in spans.annotate(bucket=Trunc("start_time", "hour", tzinfo=UTC))
+        .values("bucket", "team_id")
+        .annotate(cost=Sum("cost"), n=Count("id"))
+    }
+    from_rollups = {
+        (hour_of(row["hour"]), row["team_id"]): (row["cost"] or ZERO, row["n"])
+        for row in rollups.values("hour", "team_id").annotate(cost=Sum("cost"), n=Sum("spans"))
+    }
+    places = Decimal("0.000001")
+    differences = []
+    for key in sorted(set(from_spans) | set(from_rollups)):
+        span_cost, span_n = from_spans.get(key, (ZERO, 0))
+        rollup_cost, rollup_n = from_rollups.get(key, (ZERO, 0))
+        span_cost, rollup_cost = Decimal(span_cost).quantize(places), Decimal(rollup_cost).quantize(places)
+        if span_cost != rollup_cost or span_n != rollup_n:
+            differences.append(Difference(key[0], key[1], span_cost, rollup_cost, span_n, int(rollup_n)))
+    return len(set(from_spans) | set(from_rollups)), differences
