@@ -141,12 +141,14 @@ def validate(source: str) -> list[str]:
 
 
 _lock = threading.Lock()
-_cache: dict[tuple[int, ...], cedarpy.PolicySet] = {}
+_cache: dict[tuple[tuple[int, str], ...], cedarpy.PolicySet] = {}
 
 
 def policy_set(sources: list[tuple[int, str]]) -> cedarpy.PolicySet:
-    """The parsed set of these (policy id, source) pairs, parsed once per process."""
-    key = tuple(pk for pk, _ in sources)
+    """The parsed set of these (policy id, source) pairs, parsed once per process. Keyed by the
+    sources too: an id alone can name another source where ids are reused (SQLite reuses the
+    ids of rolled-back rows)."""
+    key = tuple(sources)
     with _lock:
         found = _cache.get(key)
         if found is None:

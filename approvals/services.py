@@ -479,7 +479,7 @@ def check_decider(user: User, request: ApprovalRequest) -> None:
         level = level_of(request)
         if level is not None and level.group_id and level.pk not in decider_levels(user):
             raise PermissionDenied(
-                f"This request is at level L{request.level}, decided by {level.group.name}; you are not in it."
+                f"This request is at level L{request.level}, decided by {level.who}; you are not in it."
             )
     policy = request.escalation_policy
     separation = policy.separation_of_duties if policy else True
@@ -552,7 +552,7 @@ def approval_decide(
         after={"status": status, "arguments": locked.final_arguments, "level": locked.level},
         reason=reason,
     )
-    if locked.run_id and locked.step_seq and locked.kind == ApprovalKind.APPROVAL:
+    if locked.run is not None and locked.step_seq and locked.kind == ApprovalKind.APPROVAL:
         fleet_services.approval_step_decide(
             actor=actor,
             run=locked.run,
@@ -619,7 +619,7 @@ def approvals_sweep(*, now: datetime | None = None, batch: int = 500) -> int:
                 return total
             levels = _levels_by_policy({r.escalation_policy_id for r in rows if r.escalation_policy_id})
             for request in rows:
-                _escalate(request, levels.get(request.escalation_policy_id, []), now)
+                _escalate(request, levels.get(request.escalation_policy_id or 0, []), now)
         total += len(rows)
         if len(rows) < batch:
             return total
@@ -676,7 +676,7 @@ def _expire(request: ApprovalRequest, now: datetime) -> None:
         after={"status": ApprovalStatus.EXPIRED, "on_expiry": on_expiry},
         reason=reason,
     )
-    if request.run_id and request.step_seq and request.kind == ApprovalKind.APPROVAL:
+    if request.run is not None and request.step_seq and request.kind == ApprovalKind.APPROVAL:
         if on_expiry == OnExpiry.CANCEL_RUN:
             fleet_services.run_cancel(actor=ESCALATOR, run=request.run, reason=reason)
         else:
