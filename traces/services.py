@@ -13,9 +13,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -85,7 +86,8 @@ def discovered_agent_adopt(*, actor: Actor, discovered: DiscoveredAgent, slug: s
     locked.adopted_at = timezone.now()
     locked.adopted_by_label = actor.label
     locked.save(update_fields=["adopted_as", "adopted_at", "adopted_by_label"])
-    Trace.objects.filter(team_id=locked.team_id, agent__isnull=True, agent_key=locked.key).update(agent=agent)
+    theirs = Q(agent_key=locked.key) | Q(agent_key="", agent_name=locked.key)
+    Trace.objects.filter(theirs, team_id=locked.team_id, agent__isnull=True).update(agent=agent)
     audit_record(
         actor=actor,
         action="agent.adopt",
@@ -95,25 +97,84 @@ def discovered_agent_adopt(*, actor: Actor, discovered: DiscoveredAgent, slug: s
     )
     transaction.on_commit(lambda: _link_spans(locked.pk))
     live.publish({"type": "agents.changed"}, team_id=locked.team_id)
+    live.publish({"type": "discovered.changed", "discovered": locked.pk}, team_id=locked.team_id)
     return agent
+
+
+LINK_CHUNK = 50_000  # span ids looked at per linking task (an index range scan)
+PROGRESS_SECONDS = 7 * 24 * 3600
+
+
+@dataclass
+class LinkProgress:
+    """How far linking an adopted agent's past spans has come (kept in the cache: it is only
+    ever shown, and the linking itself is idempotent)."""
+
+    scanned_to: int
+    last_id: int
+    linked: int
+    done: bool
+
+    @property
+    def percent(self) -> int:
+        if self.done or self.last_id <= 0:
+            return 100
+        return min(99, int(100 * self.scanned_to / self.last_id))
+
+
+def _progress_key(discovered_id: int) -> str:
+    return f"traces:adopt-link:{discovered_id}"
+
+
+def link_progress(discovered_id: int) -> LinkProgress | None:
+    try:
+        raw = cache.get(_progress_key(discovered_id))
+    except Exception:  # noqa: BLE001 - progress is decoration; the cache may be down
+        logger.warning("adoption progress could not be read", exc_info=True)
+        return None
+    return LinkProgress(**raw) if isinstance(raw, dict) else None
+
+
+def _progress_save(discovered_id: int, progress: LinkProgress) -> None:
+    try:
+        cache.set(_progress_key(discovered_id), progress.__dict__, PROGRESS_SECONDS)
+    except Exception:  # noqa: BLE001 - see link_progress
+        logger.warning("adoption progress could not be saved", exc_info=True)
 
 
 def _link_spans(discovered_id: int) -> None:
     from traces.tasks import discovered_spans_link
 
+    last_id = Span.objects.aggregate(last=Max("id"))["last"] or 0
+    _progress_save(discovered_id, LinkProgress(scanned_to=0, last_id=last_id, linked=0, done=last_id == 0))
     discovered_spans_link.delay(discovered_id)
 
 
-def discovered_spans_link_batch(discovered_id: int, batch: int = 5000) -> int:
-    """Link up to ``batch`` more already-stored spans of an adopted agent; how many were."""
+def discovered_spans_link_batch(discovered_id: int, after_id: int = 0, chunk: int = LINK_CHUNK) -> int | None:
+    """Link the adopted agent's already-stored spans whose id is in ``(after_id, after_id +
+    chunk]`` (an index range scan, however large the table); the id to go on from, or None when
+    the whole table has been looked at. Running a chunk twice links nothing twice."""
     found = DiscoveredAgent.objects.filter(pk=discovered_id, adopted_as__isnull=False).first()
     if found is None:
-        return 0
+        return None
+    upper = after_id + chunk
     theirs = Q(agent_key=found.key) | Q(agent_key="", agent_name=found.key)
-    ids = list(
-        Span.objects.filter(theirs, team_id=found.team_id, agent__isnull=True).values_list("id", flat=True)[:batch]
+    linked = Span.objects.filter(
+        theirs, team_id=found.team_id, agent__isnull=True, id__gt=after_id, id__lte=upper
+    ).update(agent=found.adopted_as_id)
+    following = Span.objects.filter(id__gt=upper).order_by("id").values_list("id", flat=True).first()
+    progress = link_progress(discovered_id) or LinkProgress(scanned_to=0, last_id=0, linked=0, done=False)
+    progress.linked += linked
+    progress.scanned_to = upper
+    progress.last_id = Span.objects.aggregate(last=Max("id"))["last"] or 0  # the table grows meanwhile
+    progress.done = following is None
+    _progress_save(discovered_id, progress)
+    live.publish(
+        {"type": "discovered.changed", "discovered": discovered_id},
+        team_id=found.team_id,
+        coalesce=f"discovered.changed:{discovered_id}",
     )
-    return Span.objects.filter(id__in=ids).update(agent=found.adopted_as_id)
+    return None if following is None else following - 1
 
 
 # --- Incidents --------------------------------------------------------------------------------
@@ -136,6 +197,10 @@ def incident_open(
         raise ValidationError({"title": "Say in a few words what went wrong."})
     if severity not in Severity.values:
         raise ValidationError({"severity": f"Severity must be one of {', '.join(Severity.values)}."})
+    Trace.objects.select_for_update().filter(pk=trace.pk).first()  # one incident opened at a time per trace
+    already = Incident.objects.filter(trace=trace, status=IncidentStatus.OPEN).first()
+    if already is not None:
+        raise ValidationError(f"This trace is already part of an open incident: #{already.pk} “{already.title}”.")
     incident = Incident.objects.create(
         team_id=trace.team_id,
         trace=trace,
@@ -166,10 +231,24 @@ def incident_note_add(*, actor: Actor, incident: Incident, text: str, span_id: s
         raise ValidationError({"text": "A note needs some text."})
     if len(text) > 20_000:
         raise ValidationError({"text": "Notes are limited to 20,000 characters."})
+    span_id = span_id.strip().lower()
+    if (
+        span_id
+        and not Span.objects.filter(
+            team_id=incident.team_id, trace_id=incident.trace.trace_id, span_id=span_id
+        ).exists()
+    ):
+        raise ValidationError({"span_id": "That step is not part of the incident's trace."})
     note = IncidentNote.objects.create(
-        incident=incident, author=actor.user, author_label=actor.label, text=text, span_id=span_id[:16]
+        incident=incident, author=actor.user, author_label=actor.label, text=text, span_id=span_id
     )
-    audit_record(actor=actor, action="incident.note", obj=incident, team=incident.team, after={"note": text[:500]})
+    audit_record(
+        actor=actor,
+        action="incident.note",
+        obj=incident,
+        team=incident.team,
+        after={"note": text[:500], **({"span": span_id} if span_id else {})},
+    )
     _publish(incident)
     return note
 
@@ -215,10 +294,16 @@ def incident_link(*, actor: Actor, incident: Incident, trace: Trace, unlink: boo
         raise ValidationError("Only traces of the incident's team can be linked.")
     if trace.pk == incident.trace_id:
         raise ValidationError("That is the incident's own trace.")
+    linked = incident.related.filter(pk=trace.pk).exists()
     if unlink:
+        if not linked:
+            raise ValidationError("That trace is not linked to this incident.")
         incident.related.remove(trace)
     else:
+        if linked:
+            raise ValidationError(f"Trace {trace.trace_id} is already linked to this incident.")
         incident.related.add(trace)
+    _flag_traces([trace.pk])
     audit_record(
         actor=actor,
         action="incident.unlink" if unlink else "incident.link",
@@ -228,6 +313,14 @@ def incident_link(*, actor: Actor, incident: Incident, trace: Trace, unlink: boo
     )
     _publish(incident)
     return incident
+
+
+def _flag_traces(trace_ids: list[int]) -> None:
+    """A trace that is an incident's, or linked to one, is flagged (and kept past retention)."""
+    involved = Q(incidents__isnull=False) | Q(related_incidents__isnull=False)
+    flagged = set(Trace.objects.filter(involved, pk__in=trace_ids).values_list("pk", flat=True))
+    Trace.objects.filter(pk__in=flagged).update(incident=True)
+    Trace.objects.filter(pk__in=set(trace_ids) - flagged).update(incident=False)
 
 
 def _publish(incident: Incident) -> None:

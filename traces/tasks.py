@@ -10,15 +10,15 @@ PURGE_SECONDS = 50
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def discovered_spans_link(discovered_id: int) -> int:
-    """Link an adopted agent's already-stored spans, a batch at a time, handing on to a fresh
-    task while there are more (running it twice links nothing twice)."""
+def discovered_spans_link(discovered_id: int, after_id: int = 0) -> int | None:
+    """Link an adopted agent's already-stored spans, one range of span ids at a time, handing
+    on to a fresh task for the next range (running a range twice links nothing twice)."""
     from traces.services import discovered_spans_link_batch
 
-    linked = discovered_spans_link_batch(discovered_id)
-    if linked:
-        discovered_spans_link.delay(discovered_id)
-    return linked
+    following = discovered_spans_link_batch(discovered_id, after_id)
+    if following is not None:
+        discovered_spans_link.delay(discovered_id, following)
+    return following
 
 
 @shared_task(acks_late=True, ignore_result=True)
