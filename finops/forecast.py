@@ -206,17 +206,38 @@ def budget_rollups(budget: Budget) -> QuerySet[CostRollup]:
     return rollups
 
 
+def _stored_forecast(budget: Budget, period_start: datetime, now: datetime) -> Forecast | None:
+    if budget.period != BudgetPeriod.MONTH or budget.team is None:
+        return None
+    if budget.scope == BudgetScope.TEAM:
+        scope = Q(agent__isnull=True)
+    elif budget.scope == BudgetScope.AGENT:
+        scope = Q(agent=budget.agent)
+    else:
+        return None
+    return (
+        Forecast.objects.filter(scope, team=budget.team, period=BudgetPeriod.MONTH, period_start=period_start)
+        .filter(computed_at__gte=now - timedelta(hours=2))
+        .first()
+    )
+
+
 def budgets_projection_check(*, now: datetime | None = None) -> int:
     """Alert (once per period) the active calendar budgets projected to end over their limit."""
     from finops.services import budget_projection_alert
 
     now = now or timezone.now()
     alerted = 0
-    for budget in Budget.objects.filter(active=True).exclude(period=BudgetPeriod.RUN).select_related("team"):
-        result = forecast_period(budget_rollups(budget), now=now, period=budget.period)
-        key, _, _ = period_bounds(budget.period, now)
+    for budget in Budget.objects.filter(active=True).exclude(period=BudgetPeriod.RUN).select_related("team", "agent"):
+        key, start, _ = period_bounds(budget.period, now)
+        stored = _stored_forecast(budget, start, now)
+        if stored is not None:  # the hourly team or agent forecast covers exactly this budget
+            spent, projected = stored.spent_to_date, stored.projected_total
+        else:
+            result = forecast_period(budget_rollups(budget), now=now, period=budget.period)
+            spent, projected = result.spent, result.projected
         counted = BudgetSpend.objects.filter(budget=budget, period=key).values_list("spent", flat=True).first()
-        projected = result.projected + max(Decimal(0), (counted or Decimal(0)) - result.spent)
+        projected += max(Decimal(0), (counted or Decimal(0)) - spent)
         if projected > budget.limit_usd and budget_projection_alert(budget=budget, period=key, projected=projected):
             alerted += 1
     return alerted

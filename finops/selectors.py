@@ -422,7 +422,7 @@ def total_cost(user: Any, *, filters: CostFilter) -> Decimal:
 
 def _grouped(user: Any, filters: CostFilter, dimension: str) -> list[dict[str, Any]]:
     fields = _check_dimension(dimension)
-    return list(
+    rows = (
         rollups_for(user, filters)
         .values(*fields)
         .annotate(
@@ -438,6 +438,8 @@ def _grouped(user: Any, filters: CostFilter, dimension: str) -> list[dict[str, A
         )
         .order_by()
     )
+    # (a group whose spans all moved to their trace's agent keeps a row of zeros: not a group)
+    return [r for r in rows if r["spans"] or r["cost"]]
 
 
 def cost_over_time(
@@ -461,6 +463,8 @@ def cost_over_time(
     totals: dict[Group, Decimal] = {}
     grouped = []
     for row in rows:
+        if not row["spans"] and not row["cost"]:
+            continue
         group = labels.group(group_by, row)
         totals[group] = totals.get(group, ZERO) + (row["cost"] or ZERO)
         grouped.append((row, group))
@@ -736,10 +740,10 @@ def routing_insight(
     rows = (
         steps.values("run__agent_id", "name", "model")
         .annotate(
-            calls=Count("id"),
-            cost=Sum("cost"),
             unpriced=Count("id", filter=Q(cost__isnull=True, status=StepStatus.SUCCEEDED)),
             failed=Count("id", filter=Q(status=StepStatus.FAILED)),
+            calls=Count("id"),
+            spent=Sum("cost"),
         )
         .order_by()
     )
@@ -767,7 +771,7 @@ def routing_insight(
         approved = sum(approvals.get(i, [0, 0])[0] for i in runs)
         decided = sum(approvals.get(i, [0, 0])[1] for i in runs)
         priced_calls = r["calls"] - r["unpriced"] - r["failed"]
-        cost = _money(r["cost"])
+        cost = _money(r["spent"])
         result.append(
             RoutingRow(
                 r["run__agent_id"],
@@ -776,7 +780,7 @@ def routing_insight(
                 r["model"],
                 r["calls"],
                 cost,
-                (cost / priced_calls).quantize(PLACES) if priced_calls > 0 and r["cost"] is not None else None,
+                (cost / priced_calls).quantize(PLACES) if priced_calls > 0 and r["spent"] is not None else None,
                 r["unpriced"],
                 sum(1 for s in ended if s == RunStatus.SUCCEEDED) / len(ended) if ended else None,
                 approved / decided if decided else None,
