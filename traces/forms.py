@@ -14,6 +14,8 @@ from cockpit.models import Team
 from traces.models import IncidentStatus, Severity
 
 TITLE_MAX = 200
+MAX_LABELS = 20
+LABEL_CHARS = 40
 NOTE_MAX = 20_000
 LABELS_HELP = "Comma-separated, e.g. refund, policy-gap. Letters, digits and dashes."
 HEX = re.compile(r"[0-9a-f]+")
@@ -27,6 +29,16 @@ class LabelsField(forms.CharField):
         kwargs.setdefault("max_length", 1000)
         kwargs.setdefault("help_text", LABELS_HELP)
         super().__init__(**kwargs)
+
+    def clean(self, value: Any) -> str:
+        text = super().clean(value)
+        labels = {item.strip().lower() for item in text.split(",") if item.strip()}
+        if len(labels) > MAX_LABELS:
+            raise forms.ValidationError(f"At most {MAX_LABELS} labels.")
+        long = sorted(label for label in labels if len(label) > LABEL_CHARS)
+        if long:
+            raise forms.ValidationError(f"Labels are at most {LABEL_CHARS} characters: {long[0][:60]}")
+        return text
 
     def prepare_value(self, value: Any) -> Any:
         if isinstance(value, (list, tuple)):

@@ -23,6 +23,7 @@ from django.forms import Form
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget, trigger_client_event
 
@@ -181,7 +182,7 @@ def incident_list(request: HtmxHttpRequest) -> HttpResponse:
         if filters["team"]:
             incidents = incidents.filter(team=filters["team"])
         if filters["label"]:
-            incidents = _with_label(incidents, filters["label"].strip().lower())
+            incidents = _with_label(incidents, slugify(filters["label"]))
     else:
         incidents = incidents.none()
     paginator = Paginator(incidents.order_by("-created_at", "-id"), INCIDENTS_PER_PAGE)

@@ -19,6 +19,7 @@ call that failed and was called again with the same arguments is one sentence sa
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -254,24 +255,26 @@ TARGET_KEYS = (
 ENTITY_KEYS = {"ticket", "order", "invoice", "issue", "customer", "user", "account", "pull_request", "document"}
 
 
+@functools.lru_cache(maxsize=1024)
+def _noun_of(key: str) -> str:
+    """ "ticket" for ``ticket_id``, "pull request" for ``pull_request``; "" for other keys."""
+    lowered = key.lower()
+    for suffix in ("_id", "_ref", "_number", "_no", "id", "ref"):
+        if lowered.endswith(suffix) and len(lowered) > len(suffix):
+            return " ".join(_words(lowered[: -len(suffix)].rstrip("_")))
+    return " ".join(_words(lowered)) if lowered in ENTITY_KEYS else ""
+
+
 def _identifier_of(key: str, value: Any) -> tuple[str, str] | None:
     """("ticket", "ticket T-1042") for ``ticket_id="T-1042"``; None for other arguments."""
     if isinstance(value, (dict, list)) or value is None or value == "":
         return None
-    lowered = key.lower()
-    noun = ""
-    for suffix in ("_id", "_ref", "_number", "_no", "id", "ref"):
-        if lowered.endswith(suffix) and len(lowered) > len(suffix):
-            noun = lowered[: -len(suffix)].rstrip("_")
-            break
-    if not noun and lowered in ENTITY_KEYS:
-        noun = lowered
+    noun = _noun_of(key)
     if not noun:
         return None
     text = _clip(value, VALUE_CHARS)
     mark = "#" if text.isdigit() else ""
-    words = " ".join(_words(noun))
-    return words, f"{words} {mark}{text}"
+    return noun, f"{noun} {mark}{text}"
 
 
 @dataclass
@@ -294,26 +297,31 @@ class Phrase:
         return " ".join(p for p in (self.infinitive or self.base, self.specific, self.extra) if p)
 
 
-def humanise_call(name: str, args: dict[str, Any] | None = None) -> Phrase:
-    """A tool or function call in plain words: ``lookup_order(order_id=123)`` → "looked up
-    order #123"; ``payments.refund(amount=80, currency="EUR", ticket_id="T-1")`` → "issued
-    refund of €80 for ticket T-1"; an unknown verb → "used <name>"."""
-    args = args or {}
+@functools.lru_cache(maxsize=2048)
+def _parse_name(name: str) -> tuple[list[str], str, list[str], str]:
+    """A tool name's words, its verb (or ""), the words of its object, and the system it
+    belongs to: "crm.get_ticket" → (["get", "ticket"], "get", ["ticket"], "crm")."""
     parts = [p for p in re.split(r"[./:]", name) if p]
     action = parts[-1] if parts else name
     system = " ".join(_words(parts[-2])) if len(parts) > 1 else ""
     words = _words(action)
     if len(words) > 1 and words[0] == "look" and words[1] == "up":
         words = ["lookup", *words[2:]]
-    verb = ""
     if len(words) > 1 and words[-1] in SUFFIX_VERBS:  # "refund_reverse", "ticket_create"
-        verb, obj_words = words[-1], words[:-1]
-    elif words and words[0] in VERBS:
-        verb, obj_words = words[0], words[1:]
-    elif len(words) > 1 and words[-1] in VERBS:
-        verb, obj_words = words[-1], words[:-1]
-    else:
-        obj_words = words
+        return words, words[-1], words[:-1], system
+    if words and words[0] in VERBS:
+        return words, words[0], words[1:], system
+    if len(words) > 1 and words[-1] in VERBS:
+        return words, words[-1], words[:-1], system
+    return words, "", words, system
+
+
+def humanise_call(name: str, args: dict[str, Any] | None = None) -> Phrase:
+    """A tool or function call in plain words: ``lookup_order(order_id=123)`` → "looked up
+    order #123"; ``payments.refund(amount=80, currency="EUR", ticket_id="T-1")`` → "issued
+    refund of €80 for ticket T-1"; an unknown verb → "used <name>"."""
+    args = args or {}
+    words, verb, obj_words, system = _parse_name(name)
     obj = " ".join(obj_words)
     ids = [found for key, value in args.items() if (found := _identifier_of(key, value))]
     specific = ""

@@ -102,7 +102,7 @@ def discovered_agent_adopt(*, actor: Actor, discovered: DiscoveredAgent, slug: s
 
 
 LINK_CHUNK = 50_000  # span ids looked at per linking task (an index range scan)
-PROGRESS_SECONDS = 7 * 24 * 3600
+PROGRESS_SECONDS = 24 * 3600
 
 
 @dataclass

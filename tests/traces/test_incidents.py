@@ -103,6 +103,7 @@ def test_marking_takes_the_operate_permission_of_the_trace_team(case, client, st
         ({"title": "Loop", "severity": "sev9"}, "Select a valid choice. sev9 is not one of the available choices."),
         ({"title": "x" * 201, "severity": "sev3"}, "Ensure this value has at most 200 characters (it has 201)."),
         ({"title": "Loop", "severity": "sev3", "labels": ",".join(f"l{n}" for n in range(21))}, "At most 20 labels."),
+        ({"title": "Loop", "severity": "sev3", "labels": "ok, " + "x" * 41}, "Labels are at most 40 characters"),
     ],
 )
 def test_a_refused_mark_says_why_and_opens_nothing(client, story, operator, data, error) -> None:
@@ -401,6 +402,7 @@ def test_the_list_shows_the_incidents_of_my_teams_newest_first_with_filters(
     assert titles(severity="sev1") == ["New refund"]
     assert titles(label="loops") == ["Old loop"]
     assert titles(label="loop") == []
+    assert titles(label=" Loops ") == ["Old loop"]
     assert titles(team="beta") == []
     assert client.get(reverse("incidents"), {"severity": "sev9"}).status_code == 400
     assert new.pk
@@ -467,3 +469,23 @@ def test_a_note_appears_live_for_another_reviewer(browser, web_process, team, ma
     expect(victor.locator("#incident-notes")).to_contain_text("The approver never saw the photos.", timeout=10_000)
     assert victor.url == url  # no reload, no navigation
     assert not victor_errors and not olivia_errors
+
+
+def test_the_trace_view_buttons_mark_the_trace_or_lead_to_its_incident(rf, story, operator, make_user, team) -> None:
+    from django.template import Context, Template
+
+    buttons = Template("{% load traces_tags %}{% trace_incident_actions trace %}")
+
+    def render(user) -> str:  # noqa: ANN001
+        request = rf.get("/")
+        request.user = user
+        return buttons.render(Context({"request": request, "trace": story.trace}))
+
+    html = render(operator)
+    assert reverse("incident-open", args=[story.trace.pk]) in html and "Mark as incident" in html
+    assert reverse("trace-export", args=[story.trace.pk]) in html
+    viewer_html = render(make_user(Role.VIEWER, team))
+    assert "Mark as incident" not in viewer_html and "Export OTLP JSON" in viewer_html
+    incident = incident_open(actor=Actor.for_user(operator), trace=story.trace, title="Late")
+    html = render(operator)
+    assert f"Incident #{incident.pk}" in html and "Mark as incident" not in html
