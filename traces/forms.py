@@ -96,7 +96,7 @@ class IncidentNoteForm(forms.Form):
 
 class IncidentLinkForm(forms.Form):
     trace = forms.CharField(
-        label="Trace id",
+        label="Link a related trace",
         max_length=400,
         error_messages={"required": "Paste the id of the trace to link (at least its first 8 characters)."},
         widget=forms.TextInput(attrs={"placeholder": "4bf92f3577b34da6a3ce929d0e0e4736", "spellcheck": "false"}),

@@ -177,6 +177,14 @@ def test_the_note_menu_offers_the_steps_of_the_narrative(client, incident, opera
     assert ">+2.6 s · decided to refund €80.00 (confidence 0.62)</option>" in page
 
 
+def test_each_step_of_the_story_links_to_its_span_in_the_trace_view(client, incident, operator, story) -> None:
+    decision = next(s for s in story.spans if s.attributes.get("cockpit.step.kind") == "decision")
+    client.force_login(operator)
+    page = client.get(reverse("incident-detail", args=[incident.pk])).content.decode()
+    link = f'<a class="narrative-time" href="{reverse("trace-detail", args=[story.trace.pk])}#span-{decision.span_id}"'
+    assert link in page
+
+
 # --- Notes ------------------------------------------------------------------------------------
 
 
