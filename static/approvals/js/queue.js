@@ -140,10 +140,15 @@
     event.preventDefault();
   });
 
+  // On narrow screens the pane sits under the list: a clicked request is scrolled to.
+  var narrow = window.matchMedia("(max-width: 900px)");
+  var scrollToPane = false;
+
   document.addEventListener("click", function (event) {
     var row = event.target.closest("[data-approval-row]");
     if (row) {
       selectedId = rowId(row);
+      scrollToPane = narrow.matches;
       mark();
     }
     if (event.target.closest("[data-keys-open]") && help) help.showModal();
@@ -152,6 +157,10 @@
 
   document.body.addEventListener("htmx:afterSettle", function () {
     mark();
+    if (scrollToPane && paneId() === selectedId) {
+      scrollToPane = false;
+      pane().scrollIntoView({ block: "start" });
+    }
     if (pendingKey && paneId() === selectedId) {
       var key = pendingKey;
       pendingKey = null;
