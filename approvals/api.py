@@ -2,7 +2,7 @@
 the decision or receive a signed callback; approvers decide.
 
     POST /api/v1/approvals                  ask for a decision (Idempotency-Key honoured)
-    GET  /api/v1/approvals                  requests, soonest deadline first
+    GET  /api/v1/approvals                  requests, newest first (paged with ?before=<id>)
     GET  /api/v1/approvals/{id}?wait=30     one request (long-poll until decided)
     POST /api/v1/approvals/{id}/decision    approve / approve with edits / reject (signed-in approvers)
 """
@@ -172,7 +172,7 @@ class ApprovalFilter(Schema):
     "/approvals",
     response=ApprovalPageOut,
     auth=key_or_session(Scope.APPROVALS),
-    summary="Requests, soonest deadline first",
+    summary="Requests, newest first (page with ?before=<the last id>)",
 )
 def approval_list(request: HttpRequest, filters: Query[ApprovalFilter]) -> dict[str, Any]:
     rows = access.scope_to_principal(_requests(), request.auth)  # type: ignore[attr-defined]
