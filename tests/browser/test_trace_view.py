@@ -59,7 +59,15 @@ def test_reviewer_reads_a_2000_span_trace(page, make_user, team, password) -> No
     # The narrative, for people who do not read spans.
     page.get_by_role("tab", name="Narrative").click()
     expect(page.locator("#tv-panel-timeline")).to_be_hidden()
-    expect(page.locator("#trace-narrative .narrative li").first).to_be_visible()
+    steps = page.locator("#trace-narrative .narrative li[data-span-id]")
+    expect(steps.first).to_be_visible()
+    # A step of the story opens its span on the timeline.
+    step = steps.nth(2)
+    span_id = step.get_attribute("data-span-id")
+    step.click()
+    expect(page.locator("#tv-panel-timeline")).to_be_visible()
+    expect(page.locator("#span-detail [data-span-detail]")).to_have_attribute("data-span-detail", span_id)
+    assert page.url.endswith(f"#span-{span_id}")
 
     # Spans arriving for the open trace show up without a reload.
     page.get_by_role("tab", name="Timeline").click()

@@ -137,7 +137,9 @@ def tool(trace_id: str, parent: str, start_ms: float, name: str, *, error: str =
     )
 
 
-def approval(trace_id: str, parent: str, start_ms: float, *, by: str = "Dana", minutes: float = 4) -> dict[str, Any]:
+def approval(
+    trace_id: str, parent: str, start_ms: float, *, by: str = "Dana", minutes: float = 4, t0: datetime = T0
+) -> dict[str, Any]:
     return row(
         trace_id,
         "approval payments.refund",
@@ -145,6 +147,7 @@ def approval(trace_id: str, parent: str, start_ms: float, *, by: str = "Dana", m
         span_type="approval",
         start_ms=start_ms,
         duration_ms=minutes * 60_000,
+        t0=t0,
         attributes={
             "cockpit.step.kind": "approval",
             "cockpit.approval.input": json.dumps(
@@ -163,7 +166,9 @@ def approval(trace_id: str, parent: str, start_ms: float, *, by: str = "Dana", m
     )
 
 
-def operator(trace_id: str, parent: str, start_ms: float, *, action: str = "pause", by: str = "Oscar") -> dict:
+def operator(
+    trace_id: str, parent: str, start_ms: float, *, action: str = "pause", by: str = "Oscar", t0: datetime = T0
+) -> dict[str, Any]:
     return row(
         trace_id,
         f"operator {action}",
@@ -171,6 +176,7 @@ def operator(trace_id: str, parent: str, start_ms: float, *, action: str = "paus
         span_type="operator",
         start_ms=start_ms,
         duration_ms=0,
+        t0=t0,
         attributes={
             "cockpit.operator.action": action,
             "cockpit.operator.actor": by,
@@ -202,9 +208,9 @@ def agent_trace(
         rows.append(tool(trace_id, turn_id, at, "crm.update", t0=t0))
         at += 45
         if turn == 1:
-            rows.append(approval(trace_id, turn_id, at, minutes=4))
+            rows.append(approval(trace_id, turn_id, at, minutes=4, t0=t0))
             at += 4 * 60_000
-            rows.append(operator(trace_id, turn_id, at + 5))
+            rows.append(operator(trace_id, turn_id, at + 5, t0=t0))
             at += 10
         rows.append(
             row(

@@ -123,7 +123,8 @@ def test_each_filter_narrows_the_list(client, admin_user, team) -> None:
     assert shown(status="error") == {failed.trace_id}
     assert shown(with_errors="on") == {slow.trace_id, failed.trace_id}
     assert shown(model="haiku") == {quick.trace_id}
-    assert shown(model="gpt-4o") == {slow.trace_id}
+    assert shown(model="GPT-4o") == {slow.trace_id}  # any case
+    assert shown(model="%") == shown(model="claude_haiku") == set()  # typed, not wildcards
     assert shown(since="2026-03-02T09:00", until="2026-03-02T10:00") == {slow.trace_id}
     assert shown(since="2026-03-02T11:00") == {quick.trace_id}
     assert shown(min_cost="0.4") == {quick.trace_id}
@@ -427,3 +428,18 @@ def test_cost_in_the_header_matches_the_spans(client, admin_user, team) -> None:
     client.force_login(admin_user)
     data = view_data(client, trace)
     assert Decimal(str(round(sum(r[7] or 0 for r in data["spans"]), 6))) == trace.cost
+
+
+def test_the_trace_view_leads_to_its_incident(client, make_user, team) -> None:
+    from traces.services import incident_open
+
+    trace = ex.agent_trace(team, spans=60)
+    url = reverse("trace-detail", args=[trace.pk])
+    client.force_login(make_user(Role.VIEWER, team))
+    assert "Mark as incident" not in client.get(url).content.decode()  # viewers read, operators act
+    client.force_login(make_user(Role.OPERATOR, team))
+    body = client.get(url).content.decode()
+    assert "Mark as incident" in body and reverse("trace-export", args=[trace.pk]) in body
+    incident = incident_open(actor=SYSTEM, trace=trace, title="Refund issued twice")
+    body = client.get(url).content.decode()
+    assert f"Incident #{incident.pk}" in body and "Mark as incident" not in body
