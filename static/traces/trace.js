@@ -722,8 +722,18 @@
   model = build(JSON.parse(source.textContent));
   flatten();
   drawAxis();
-  var wanted = /^#span-([0-9a-f]{16})$/.exec(location.hash);
-  var first = wanted && model.nodes.find(function (n) { return n.id === wanted[1]; });
+  // #span-<id> in the address (from an incident note, the narrative, a shared link) opens that span.
+  function spanOfHash() {
+    var wanted = /^#span-([0-9a-f]{16})$/.exec(location.hash);
+    return wanted && model.nodes.find(function (n) { return n.id === wanted[1]; });
+  }
+  window.addEventListener("hashchange", function () {
+    var node = spanOfHash();
+    if (!node) return;
+    showTab("timeline");
+    jumpTo(node);
+  });
+  var first = spanOfHash();
   if (first) {
     jumpTo(first);
   } else if (rows.length) {

@@ -14,6 +14,7 @@ from cockpit.roles import Role
 from tests.browser.conftest import sign_in
 from tests.traces import explorer_spans
 from traces import store
+from traces.models import Span
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,6 +50,16 @@ def test_reviewer_reads_a_2000_span_trace(page, make_user, team, password) -> No
     expect(detail.locator(".msg-assistant")).to_contain_text("left the warehouse yesterday")
     expect(detail).to_contain_text("$0.0021")
     assert re.search(r"#span-[0-9a-f]{16}$", page.url)
+    # The keyboard moves through the rows: down from the call is the folded run.
+    page.keyboard.press("ArrowDown")
+    expect(tree.locator(".tv-row.is-selected")).to_contain_text("× 37")
+    expect(detail).to_contain_text("37 similar spans in a row")
+
+    # A link to a span deep in a folded run opens the run and selects the span.
+    deep = Span.objects.filter(trace_id=trace.trace_id, name="execute_tool lookup").order_by("start_time")[200]
+    page.goto(f"/traces/{trace.pk}/#span-{deep.span_id}")
+    expect(detail.locator("[data-span-detail]")).to_have_attribute("data-span-detail", deep.span_id)
+    expect(tree.locator(".tv-row.is-selected")).to_be_visible()
 
     # Approvals sit inline on the timeline with who and how long.
     page.fill("[data-tv-find]", "approval")
