@@ -18,15 +18,16 @@ from django.http import HttpRequest
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
 from ninja.errors import ValidationError as NinjaValidationError
+from pydantic import BaseModel
 
 from cockpit.api import key_or_session
 from cockpit.models import Scope
 from traces import selectors
-from traces.models import Span, SpanKind, StatusCode, Trace
+from traces.models import SpanKind, StatusCode, Trace
 
 router = Router(tags=["traces"])
 
-STATUS_NAMES = {StatusCode.UNSET: "unset", StatusCode.OK: "ok", StatusCode.ERROR: "error"}
+STATUS_NAMES = {StatusCode.UNSET.value: "unset", StatusCode.OK.value: "ok", StatusCode.ERROR.value: "error"}
 KIND_NAMES = {k.value: k.label.lower() for k in SpanKind}
 
 
@@ -77,13 +78,16 @@ class TracePageOut(Schema):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null on the last page")
 
 
-class SpanOut(Schema):
+class SpanOut(BaseModel):
+    """A plain pydantic model, validated from the dicts ``_span_rows`` makes: a trace may hold
+    tens of thousands of spans, and reading them through model instances and ninja's attribute
+    getter would cost seconds."""
+
     span_id: str
     parent_span_id: str = Field(description="empty for a root span")
     name: str
     kind: str = Field(description="internal, server, client, producer, consumer or unspecified")
     type: str = Field(
-        alias="span_type",
         description="agent, llm, tool, retrieval, embedding, chain, guardrail, approval, operator or other",
     )
     start_time: datetime
@@ -97,7 +101,7 @@ class SpanOut(Schema):
     agent_key: str = Field(description="gen_ai.agent.id as sent")
     agent_name: str
     agent_version: str
-    run: int | None = Field(None, alias="run_id")
+    run: int | None = None
     conversation_id: str
     model: str
     provider: str
@@ -113,13 +117,15 @@ class SpanOut(Schema):
     resource: dict[str, Any]
     truncated: bool = Field(description="some value was cut to the size limits when it was stored")
 
-    @staticmethod
-    def resolve_kind(span: Span) -> str:
-        return KIND_NAMES.get(span.kind, "unspecified")
 
-    @staticmethod
-    def resolve_status(span: Span) -> str:
-        return STATUS_NAMES.get(StatusCode(span.status_code), "unset")
+def _span_rows(trace: Trace) -> list[dict[str, Any]]:
+    rows = selectors.trace_span_values(trace)
+    for row in rows:
+        row["type"] = row.pop("span_type")
+        row["kind"] = KIND_NAMES.get(row["kind"], "unspecified")
+        row["status"] = STATUS_NAMES.get(row.pop("status_code"), "unset")
+        row["run"] = row.pop("run_id")
+    return rows
 
 
 class TraceDetailOut(TraceOut):
@@ -191,5 +197,5 @@ def trace_detail(request: HttpRequest, trace_id: str, team: str | None = Query(N
         trace = selectors.trace_for_principal(request.auth, trace_id, team)  # type: ignore[attr-defined]
     except selectors.AmbiguousTrace as exc:
         raise _invalid("team", str(exc)) from None
-    trace.spans = selectors.trace_spans(trace)  # type: ignore[attr-defined]
+    trace.spans = _span_rows(trace)  # type: ignore[attr-defined]
     return trace

@@ -281,6 +281,46 @@ def trace_spans(trace: Trace) -> list[Span]:
     return list(_spans_of(trace).order_by("start_time", "id"))
 
 
+SPAN_VALUES = (
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "span_type",
+    "start_time",
+    "end_time",
+    "duration_us",
+    "status_code",
+    "status_message",
+    "error_type",
+    "service_name",
+    "scope_name",
+    "agent_key",
+    "agent_name",
+    "agent_version",
+    "run_id",
+    "conversation_id",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "reasoning_tokens",
+    "cost",
+    "tool_name",
+    "attributes",
+    "events",
+    "links",
+    "resource",
+    "truncated",
+)
+
+
+def trace_span_values(trace: Trace) -> list[dict[str, Any]]:
+    """Every span of the trace as a dict of ``SPAN_VALUES``, in start order (the read API)."""
+    return list(_spans_of(trace).order_by("start_time", "id").values(*SPAN_VALUES))
+
+
 def _compact_rows(trace: Trace) -> list[tuple[Any, ...]]:
     """(id, span_id, parent_span_id, name, type, start µs since 1970, duration µs, status, cost,
     tokens, model) per span, in start order. One query reading typed columns only; on PostgreSQL
