@@ -66,7 +66,8 @@ def test_the_pane_says_what_why_how_sure_and_who_decides(client, waiting, approv
     assert "<code>test.effect</code>" in html and "<code>label</code>" in html and "refund-1" in html
     # Why: the reasoning, the run (at the step with the reasoning) and its trace.
     assert "the parcel arrived broken" in html
-    assert f"/fleet/runs/{waiting.run_id}/#step-{waiting.reasoning_step}" in html and waiting.run.trace_id in html
+    assert f"/fleet/runs/{waiting.run_id}/#step-{waiting.reasoning_step}" in html
+    assert f'href="/traces/?team=&amp;q={waiting.run.trace_id}"' in html
     # How sure and how risky; why a person decides; which policies.
     assert "70 % sure" in html and "low risk" in html
     assert "a human must decide" in html and "global v1" in html
