@@ -240,6 +240,11 @@ SECURE_CSP = {
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "approvals.plots.PlotlyJsFinder",  # plotly.js from the installed plotly package, as plotly/plotly.min.js
+]
 # "collected": served from STATIC_ROOT after collectstatic, with hashed names and compression
 # (production, make demo). "finders": straight from the app folders (tests, development).
 STATIC_MODE = env_str("COCKPIT_STATIC", "finders" if DEBUG else "collected")
