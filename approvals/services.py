@@ -650,6 +650,12 @@ def _escalate(request: ApprovalRequest, levels: list[EscalationLevel], now: date
         _notify(request, following)
         _toast(request, following, f"Escalated to you: {request.agent.name} wants to run {request.action}")
         publish(request, escalated_from=old)
+        if request.run is not None:
+            from fleet import services as fleet_services
+
+            fleet_services.run_approval_escalated(
+                actor=ESCALATOR, run=request.run, step_seq=request.step_seq, from_level=old, to_level=following.level
+            )
         return
     _expire(request, now)
 

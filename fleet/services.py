@@ -634,6 +634,25 @@ def _decide_approval_step(
 
 
 @transaction.atomic
+def run_approval_escalated(*, actor: Actor, run: Run, step_seq: int | None, from_level: int, to_level: int) -> None:
+    """The approval the run waits for moved up a level: on the run's timeline and in its trace.
+    Called by the approvals app's escalation sweeper."""
+    from fleet import telemetry
+
+    reason = f"no decision within the SLA of L{from_level}; escalated to L{to_level}"
+    event = _event(run, RunEvent.Kind.NOTE, actor, reason, step=step_seq, escalated_to=to_level)
+    attributes = {
+        "cockpit.escalation.level": to_level,
+        "cockpit.escalation.from": from_level,
+        "cockpit.reason": reason,
+    }
+    if step_seq is not None:
+        attributes["cockpit.step.seq"] = step_seq
+    transaction.on_commit(lambda: telemetry.emit_event(run, event, f"escalation L{to_level}", attributes))
+    publish_run(run)
+
+
+@transaction.atomic
 def approval_step_decide(
     *,
     actor: Actor,

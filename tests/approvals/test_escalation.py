@@ -191,3 +191,20 @@ def test_escalation_lands_within_a_second_of_the_deadline(waiting, django_captur
     ApprovalRequest.objects.filter(pk=request.pk).update(deadline=timezone.now())
     with django_capture_on_commit_callbacks(execute=True):
         assert approvals_sweep() == 1
+
+
+def test_an_escalation_shows_on_the_runs_timeline_and_in_its_trace(
+    waiting, django_capture_on_commit_callbacks
+) -> None:
+    from traces.models import Span, Trace
+    from traces.narrative import narrate
+
+    run, request = waiting
+    sweep_at(request.created_at + timedelta(seconds=61), django_capture_on_commit_callbacks)
+    note = run.events.get(kind="note", data__escalated_to=2)
+    assert note.actor_label == "escalation sweeper" and "escalated to L2" in note.reason
+    span = Span.objects.get(trace_id=run.trace_id, name="escalation L2")
+    assert (span.attributes["cockpit.escalation.level"], span.attributes["cockpit.escalation.from"]) == (2, 1)
+    assert span.run_id == run.pk
+    told = narrate(Trace.objects.get(trace_id=run.trace_id), list(Span.objects.filter(trace_id=run.trace_id)))
+    assert any("escalated to L2" in sentence.text for sentence in told)
