@@ -35,12 +35,20 @@ def crm(make_agent):  # noqa: ANN001, ANN201
 
 
 def ask(client: Client, key: str, **body: object):  # noqa: ANN201
-    payload = {"agent": "crm-sync", "action": "crm.merge_accounts", "arguments": {"a": 1, "b": 2},
-               "reasoning": "same email", "confidence": 0.95, "risk": "medium", **body}
+    payload = {
+        "agent": "crm-sync",
+        "action": "crm.merge_accounts",
+        "arguments": {"a": 1, "b": 2},
+        "reasoning": "same email",
+        "confidence": 0.95,
+        "risk": "medium",
+        **body,
+    }
     idem = payload.pop("idempotency_key", None)
     extra = {"HTTP_IDEMPOTENCY_KEY": idem} if idem else {}
-    return client.post("/api/v1/approvals", payload, content_type="application/json",
-                       HTTP_AUTHORIZATION=f"Bearer {key}", **extra)
+    return client.post(
+        "/api/v1/approvals", payload, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", **extra
+    )
 
 
 def test_policy_may_approve_at_once(client, key, crm) -> None:
@@ -62,10 +70,14 @@ def test_a_risky_action_waits_for_a_human(client, key, crm, approvers) -> None:
 def test_policy_may_forbid_at_once(client, key, crm, team) -> None:
     from approvals.services import policy_save
 
-    policy_save(actor=Actor.system("tests"), team=team, source='''
+    policy_save(
+        actor=Actor.system("tests"),
+        team=team,
+        source="""
 @id("no-merging")
 forbid (principal, action == Cockpit::Action::"execute", resource == Cockpit::Tool::"crm.merge_accounts");
-''')
+""",
+    )
     body = ask(client, key).json()
     assert body["status"] == "rejected" and body["policy"] == "forbidden by no-merging"
 
@@ -77,12 +89,15 @@ def test_the_idempotency_key_returns_the_first_request(client, key, crm, approve
     assert first.json()["id"] == again.json()["id"] and ApprovalRequest.objects.count() == 1
 
 
-@pytest.mark.parametrize(("body", "status"), [
-    ({"agent": "ghost"}, 404),
-    ({"confidence": 1.5}, 422),
-    ({"risk": "extreme"}, 422),
-    ({"arguments": "text"}, 422),
-])
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"agent": "ghost"}, 404),
+        ({"confidence": 1.5}, 422),
+        ({"risk": "extreme"}, 422),
+        ({"arguments": "text"}, 422),
+    ],
+)
 def test_bad_requests_are_clear_and_create_nothing(client, key, crm, body, status) -> None:
     assert ask(client, key, **body).status_code == status
     assert not ApprovalRequest.objects.exists()
@@ -106,8 +121,9 @@ def test_long_poll_returns_when_a_human_decides(key, crm, approvers) -> None:
     def poll() -> None:
         try:
             started = time.monotonic()
-            result["body"] = Client().get(f"/api/v1/approvals/{approval_id}?wait=20",
-                                          HTTP_AUTHORIZATION=f"Bearer {key}").json()
+            result["body"] = (
+                Client().get(f"/api/v1/approvals/{approval_id}?wait=20", HTTP_AUTHORIZATION=f"Bearer {key}").json()
+            )
             result["seconds"] = time.monotonic() - started
         finally:
             connections.close_all()
@@ -116,28 +132,39 @@ def test_long_poll_returns_when_a_human_decides(key, crm, approvers) -> None:
     poller.start()
     time.sleep(0.8)
     assert poller.is_alive()
-    approval_decide(actor=Actor.for_user(approvers["ana"]), request=ApprovalRequest.objects.get(pk=approval_id),
-                    approve=True)
+    approval_decide(
+        actor=Actor.for_user(approvers["ana"]), request=ApprovalRequest.objects.get(pk=approval_id), approve=True
+    )
     poller.join(timeout=15)
     assert result["body"]["status"] == "approved" and result["body"]["decided_by"] == "ana"
     assert result["seconds"] < 10
 
 
-def test_a_callback_is_signed_and_sent_when_decided(client, key, crm, approvers, django_capture_on_commit_callbacks) -> None:
+def test_a_callback_is_signed_and_sent_when_decided(
+    client, key, crm, approvers, django_capture_on_commit_callbacks
+) -> None:
     receiver = Receiver()
     try:
         approval_id = ask(client, key, risk="high", callback_url=receiver.url).json()["id"]
         assert receiver.requests == []
         with django_capture_on_commit_callbacks(execute=True):
-            approval_decide(actor=Actor.for_user(approvers["ana"]), request=ApprovalRequest.objects.get(pk=approval_id),
-                            approve=False, reason="not this customer")
+            approval_decide(
+                actor=Actor.for_user(approvers["ana"]),
+                request=ApprovalRequest.objects.get(pk=approval_id),
+                approve=False,
+                reason="not this customer",
+            )
         [received] = receiver.requests
         payload = json.loads(received.body)["approval"]
-        assert (payload["id"], payload["status"], payload["decision_reason"]) == (approval_id, "rejected",
-                                                                                  "not this customer")
+        assert (payload["id"], payload["status"], payload["decision_reason"]) == (
+            approval_id,
+            "rejected",
+            "not this customer",
+        )
         timestamp = received.headers["x-cockpit-timestamp"]
-        expected = hmac.new(settings.COCKPIT_CALLBACK_SECRET.encode(), f"{timestamp}.".encode() + received.body,
-                            hashlib.sha256).hexdigest()
+        expected = hmac.new(
+            settings.COCKPIT_CALLBACK_SECRET.encode(), f"{timestamp}.".encode() + received.body, hashlib.sha256
+        ).hexdigest()
         assert received.headers["x-cockpit-signature"] == f"sha256={expected}"
     finally:
         receiver.stop()
@@ -145,7 +172,9 @@ def test_a_callback_is_signed_and_sent_when_decided(client, key, crm, approvers,
 
 def test_the_openapi_document_describes_approvals(client) -> None:
     paths = client.get("/api/v1/openapi.json").json()["paths"]
-    assert {"/api/v1/approvals", "/api/v1/approvals/{approval_id}", "/api/v1/approvals/{approval_id}/decision"} <= set(paths)
+    assert {"/api/v1/approvals", "/api/v1/approvals/{approval_id}", "/api/v1/approvals/{approval_id}/decision"} <= set(
+        paths
+    )
     assert ApprovalStatus.PENDING in json.dumps(client.get("/api/v1/openapi.json").json())
 
 
@@ -167,8 +196,12 @@ def test_the_readme_client_acts_on_exactly_what_was_approved(key, crm, approvers
         time.sleep(0.1)
     assert pending.external_ref == "sync-job-981" and pending.arguments == {"keep": "C-1042", "merge": "C-2077"}
     time.sleep(0.5)
-    approval_decide(actor=Actor.for_user(approvers["ben"]), request=pending, approve=True,
-                    edited_arguments={"keep": "C-2077", "merge": "C-1042"})
+    approval_decide(
+        actor=Actor.for_user(approvers["ben"]),
+        request=pending,
+        approve=True,
+        edited_arguments={"keep": "C-2077", "merge": "C-1042"},
+    )
     client.join(timeout=20)
     assert not client.is_alive()
     assert merged == [{"keep": "C-2077", "merge": "C-1042"}]

@@ -54,7 +54,10 @@ def test_approval_resumes_the_run_at_once(waiting, approvers, django_capture_on_
     assert Refund.objects.get().ticket_ref == "refund-1"
     request.refresh_from_db()
     assert (request.status, request.decided_by, request.decided_at is not None) == (
-        ApprovalStatus.APPROVED, approvers["ana"], True)
+        ApprovalStatus.APPROVED,
+        approvers["ana"],
+        True,
+    )
     assert AuditEvent.objects.filter(action="approval.approve", object_id=str(request.pk)).exists()
     approval_step = Step.objects.get(run=run, kind=StepKind.APPROVAL)
     assert approval_step.output["decided_by"] == "ana" and approval_step.status == StepStatus.SUCCEEDED
@@ -62,8 +65,12 @@ def test_approval_resumes_the_run_at_once(waiting, approvers, django_capture_on_
 
 def test_approve_with_edits_executes_the_edited_arguments_and_records_both(waiting, approvers) -> None:
     run, request = waiting
-    approval_decide(actor=Actor.for_user(approvers["ben"]), request=request, approve=True,
-                    edited_arguments={"label": "refund-1-halved"})
+    approval_decide(
+        actor=Actor.for_user(approvers["ben"]),
+        request=request,
+        approve=True,
+        edited_arguments={"label": "refund-1-halved"},
+    )
     request.refresh_from_db()
     assert request.status == ApprovalStatus.APPROVED_WITH_EDITS
     assert request.arguments == {"label": "refund-1"} and request.edited_arguments == {"label": "refund-1-halved"}
@@ -75,8 +82,9 @@ def test_approve_with_edits_executes_the_edited_arguments_and_records_both(waiti
 def test_edits_the_tool_would_refuse_are_refused_and_change_nothing(waiting, approvers) -> None:
     run, request = waiting
     with pytest.raises(ValidationError, match="test.effect would refuse these arguments"):
-        approval_decide(actor=Actor.for_user(approvers["ana"]), request=request, approve=True,
-                        edited_arguments={"label": 42})
+        approval_decide(
+            actor=Actor.for_user(approvers["ana"]), request=request, approve=True, edited_arguments={"label": 42}
+        )
     request.refresh_from_db()
     assert request.is_pending
 
@@ -122,7 +130,10 @@ def test_two_approvers_racing_get_exactly_one_decision(make_agent, start, approv
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=decide, args=("ana", True)), threading.Thread(target=decide, args=("ben", False))]
+    threads = [
+        threading.Thread(target=decide, args=("ana", True)),
+        threading.Thread(target=decide, args=("ben", False)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -157,7 +168,9 @@ def test_separation_of_duties(make_agent, approvers, django_capture_on_commit_ca
     approval_decide(actor=Actor.for_user(approvers["ben"]), request=request, approve=True)
 
 
-def test_separation_of_duties_can_be_switched_off_per_team(make_agent, approvers, django_capture_on_commit_callbacks) -> None:
+def test_separation_of_duties_can_be_switched_off_per_team(
+    make_agent, approvers, django_capture_on_commit_callbacks
+) -> None:
     from approvals.models import EscalationPolicy
     from fleet.services import run_create
 
@@ -179,8 +192,9 @@ def test_decision_endpoint_follows_the_matrix(case, client, team, other_team, ma
     user = case.make_user(team=team, other_team=other_team)
     user.groups.add(Group.objects.get(name=f"{team.slug} L1"))
     client.force_login(user)
-    response = client.post(f"/api/v1/approvals/{request.pk}/decision", {"decision": "approve"},
-                           content_type="application/json")
+    response = client.post(
+        f"/api/v1/approvals/{request.pk}/decision", {"decision": "approve"}, content_type="application/json"
+    )
     assert response.status_code == case.status(ok=200)
     request.refresh_from_db()
     assert (request.status == ApprovalStatus.APPROVED) is (case.outcome == "ok")
@@ -189,11 +203,18 @@ def test_decision_endpoint_follows_the_matrix(case, client, team, other_team, ma
 def test_a_second_decision_over_the_api_is_a_409_naming_the_first(client, waiting, approvers) -> None:
     _, request = waiting
     client.force_login(approvers["ana"])
-    assert client.post(f"/api/v1/approvals/{request.pk}/decision", {"decision": "approve"},
-                       content_type="application/json").status_code == 200
+    assert (
+        client.post(
+            f"/api/v1/approvals/{request.pk}/decision", {"decision": "approve"}, content_type="application/json"
+        ).status_code
+        == 200
+    )
     client.force_login(approvers["ben"])
-    response = client.post(f"/api/v1/approvals/{request.pk}/decision", {"decision": "reject", "reason": "x"},
-                           content_type="application/json")
+    response = client.post(
+        f"/api/v1/approvals/{request.pk}/decision",
+        {"decision": "reject", "reason": "x"},
+        content_type="application/json",
+    )
     assert response.status_code == 409 and response.json() == {"detail": "Already approved by ana."}
 
 

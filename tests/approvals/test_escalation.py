@@ -55,8 +55,14 @@ def test_deadlines_escalate_through_every_level_then_expire_as_rejected(
     assert request.status == ApprovalStatus.EXPIRED
     assert request.decided_by_label == "escalation sweeper"
     assert list(request.events.values_list("kind", "new")) == [
-        ("created", "pending"), ("notified", "email"), ("escalated", "L2"), ("notified", "email"),
-        ("escalated", "L3"), ("notified", "email"), ("status", "expired")]
+        ("created", "pending"),
+        ("notified", "email"),
+        ("escalated", "L2"),
+        ("notified", "email"),
+        ("escalated", "L3"),
+        ("notified", "email"),
+        ("status", "expired"),
+    ]
     # The run was never approved: it takes its rejection path.
     run = execute(run)
     assert run.status == RunStatus.SUCCEEDED and run.result["refunded"] is False
@@ -130,7 +136,9 @@ def test_expiry_can_cancel_the_whole_run(waiting, django_capture_on_commit_callb
     assert run.status == RunStatus.CANCELLED and "expired as rejected" in run.status_reason
 
 
-def test_a_decision_before_the_deadline_stops_the_clock(waiting, approvers, django_capture_on_commit_callbacks) -> None:
+def test_a_decision_before_the_deadline_stops_the_clock(
+    waiting, approvers, django_capture_on_commit_callbacks
+) -> None:
     from approvals.services import approval_decide
 
     _, request = waiting
@@ -140,14 +148,27 @@ def test_a_decision_before_the_deadline_stops_the_clock(waiting, approvers, djan
     assert request.status == ApprovalStatus.APPROVED and request.level == 1
 
 
-def test_the_webhook_is_slack_compatible_and_signed(make_agent, start, team, approvers, django_capture_on_commit_callbacks) -> None:
+def test_the_webhook_is_slack_compatible_and_signed(
+    make_agent, start, team, approvers, django_capture_on_commit_callbacks
+) -> None:
     from tests.support.receivers import Receiver
 
     receiver = Receiver()
     try:
-        escalation_policy_save(actor=Actor.system("tests"), team=team, name="Webhooked",
-                               levels=[{"group": None, "sla_seconds": 60, "channels": ["webhook"],
-                                        "webhook_url": receiver.url, "webhook_secret": "s3cret"}])
+        escalation_policy_save(
+            actor=Actor.system("tests"),
+            team=team,
+            name="Webhooked",
+            levels=[
+                {
+                    "group": None,
+                    "sla_seconds": 60,
+                    "channels": ["webhook"],
+                    "webhook_url": receiver.url,
+                    "webhook_secret": "s3cret",
+                }
+            ],
+        )
         with django_capture_on_commit_callbacks(execute=True):
             run = execute(start(make_agent("test-approval", tier=Tier.ASSISTED), label="hooked"))
         request = ApprovalRequest.objects.get(run=run)
@@ -163,14 +184,19 @@ def test_the_webhook_is_slack_compatible_and_signed(make_agent, start, team, app
         receiver.stop()
 
 
-def test_a_failed_webhook_is_retried_and_not_duplicated(make_agent, start, team, approvers, django_capture_on_commit_callbacks) -> None:
+def test_a_failed_webhook_is_retried_and_not_duplicated(
+    make_agent, start, team, approvers, django_capture_on_commit_callbacks
+) -> None:
     from tests.support.receivers import Receiver
 
     receiver = Receiver(statuses=[503, 200])
     try:
-        escalation_policy_save(actor=Actor.system("tests"), team=team, name="Flaky hook",
-                               levels=[{"group": None, "sla_seconds": 60, "channels": ["webhook"],
-                                        "webhook_url": receiver.url}])
+        escalation_policy_save(
+            actor=Actor.system("tests"),
+            team=team,
+            name="Flaky hook",
+            levels=[{"group": None, "sla_seconds": 60, "channels": ["webhook"], "webhook_url": receiver.url}],
+        )
         with django_capture_on_commit_callbacks(execute=True):
             run = execute(start(make_agent("test-approval", tier=Tier.ASSISTED), label="flaky"))
         notification = Notification.objects.get(request__run=run, channel="webhook")
