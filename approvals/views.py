@@ -43,12 +43,13 @@ from approvals.forms import (
     RejectForm,
 )
 from approvals.models import GLOBAL_SCOPE, ApprovalRequest, EscalationPolicy, Policy
-from approvals.plots import plotly_style_guards, reliability_figure
+from approvals.plots import reliability_figure
 from approvals.services import AlreadyDecided
 from cockpit import access
 from cockpit import selectors as cockpit_selectors
 from cockpit.audit import Actor
 from cockpit.models import Team
+from cockpit.plotting import plotly_style_guards
 from cockpit.roles import TeamPerm
 from fleet import selectors as fleet_selectors
 from fleet import services as fleet_services

@@ -243,7 +243,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
     "django.contrib.staticfiles.finders.AppDirectoriesFinder",
-    "approvals.plots.PlotlyJsFinder",  # plotly.js from the installed plotly package, as plotly/plotly.min.js
+    "cockpit.plotting.PlotlyJsFinder",  # plotly.js from the installed plotly package, as plotly/plotly.min.js
 ]
 # "collected": served from STATIC_ROOT after collectstatic, with hashed names and compression
 # (production, make demo). "finders": straight from the app folders (tests, development).

@@ -14,9 +14,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from approvals.models import ApprovalRequest, ApprovalStatus, PromotionRule
-from approvals.plots import PlotlyJsFinder, plotly_style_guards
 from approvals.services import approval_decide, promotion_rule_save
 from cockpit.models import AuditEvent
+from cockpit.plotting import PlotlyJsFinder, plotly_style_guards
 from cockpit.roles import Role
 from fleet.models import Agent, AgentEvent, Tier
 from tests.approvals.test_views_queue import ask
