@@ -196,3 +196,22 @@ def test_system_page_is_for_organisation_wide_admins(client, admin_user, superus
     assert client.get(reverse("system")).status_code == 403
     client.force_login(superuser)
     assert client.get(reverse("system")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "section"),
+    [
+        ("/", "Fleet"),
+        ("/approvals/policies/", "Approvals"),
+        ("/traces/incidents/", "Incidents"),
+        ("/traces/discovered/", "Fleet"),
+        ("/traces/", "Traces"),
+        ("/finops/", "FinOps"),
+    ],
+)
+def test_the_main_navigation_marks_the_section_of_the_page(client, superuser, path, section) -> None:
+    client.force_login(superuser)
+    response = client.get(path)
+    assert response.status_code == 200
+    nav = response.content.decode().split('<nav class="mainnav"', 1)[1].split("</nav>", 1)[0]
+    assert re.findall(r'aria-current="page">([^<]+)<', nav) == [section]
