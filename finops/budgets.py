@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 RUNTIME_SCOPE = "cockpit.fleet"  # instrumentation scope of the runtime's spans (fleet.telemetry)
 HOLD_SECONDS = 180
+BUDGET_CACHE_SECONDS = 2.0
 ESTIMATE_MARGIN = Decimal("1.5")
 WAIT_SECONDS = 0.02
 ZERO = Decimal(0)
@@ -84,9 +85,48 @@ def applies(budget: Budget, subject: Subject) -> bool:
     return True  # global, team
 
 
+class _BudgetCache:
+    """Active budgets per team (theirs and the organisation's), kept ``BUDGET_CACHE_SECONDS``
+    per process and dropped at once by this process's budget changes. Only *which* budgets
+    apply is cached: limits, and whether a budget is still active, are read fresh with the
+    spend they are compared with. A budget created in another process applies within seconds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_team: dict[int, tuple[float, list[Budget]]] = {}
+
+    def get(self, team_id: int) -> list[Budget]:
+        now = time.monotonic()
+        found = self._by_team.get(team_id)
+        if found is not None and now - found[0] < BUDGET_CACHE_SECONDS:
+            return found[1]
+        budgets = list(
+            Budget.objects.filter(Q(team__isnull=True) | Q(team_id=team_id), active=True)
+            .select_related("agent")
+            .order_by("pk")
+        )
+        with self._lock:
+            self._by_team[team_id] = (now, budgets)
+        return budgets
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_team.clear()
+
+
+_budget_cache = _BudgetCache()
+
+
 def budgets_of_team(team_id: int) -> list[Budget]:
-    """Active budgets that may apply to the team's spend (one indexed query)."""
-    return list(Budget.objects.filter(Q(team__isnull=True) | Q(team_id=team_id), active=True).order_by("pk"))
+    """Active budgets that may apply to the team's spend."""
+    return _budget_cache.get(team_id)
+
+
+def forget_budgets() -> None:
+    """This process changed a budget: read them afresh (also after the change commits)."""
+    _budget_cache.clear()
+    _known_spends.clear()
+    transaction.on_commit(_budget_cache.clear)
 
 
 _resource_tags: frozenset[str] | None = None
@@ -115,6 +155,11 @@ def run_subject(run: Run) -> Subject:
 _known_spends: dict[tuple[int, str], int] = {}
 
 
+def db_time(value: datetime | None) -> Any:
+    """A datetime as the database stores it (SQLite compares text: it must match the ORM's)."""
+    return None if value is None else connection.ops.adapt_datetimefield_value(value)
+
+
 def _greatest(a: str, b: str) -> str:
     return f"GREATEST({a}, {b})" if connection.vendor == "postgresql" else f"MAX({a}, {b})"
 
@@ -140,7 +185,7 @@ def spend_ids(wanted: Iterable[tuple[Budget, str, datetime | None, datetime | No
                     f"updated_at) VALUES (%s, %s, %s, %s, 0, (SELECT max_step_cost FROM {table} "
                     f"WHERE budget_id = %s AND max_step_cost IS NOT NULL ORDER BY updated_at DESC LIMIT 1), %s) "
                     "ON CONFLICT (budget_id, period) DO NOTHING",
-                    [budget.pk, period, start, end, budget.pk, now],
+                    [budget.pk, period, db_time(start), db_time(end), budget.pk, db_time(now)],
                 )
         rows = BudgetSpend.objects.filter(
             Q(*[Q(budget_id=b.pk, period=p) for b, p, _, _ in missing], _connector=Q.OR)
@@ -173,11 +218,12 @@ class _Local(threading.local):
 _local = _Local()
 
 
-def _reason(budget: Budget, spent: Decimal, period: str) -> str:
+def _reason(budget: Budget, spent: Decimal, period: str, limit: Decimal | None = None) -> str:
     when = "this run" if budget.period == BudgetPeriod.RUN else f"this {budget.period} ({period})"
+    limit = budget.limit_usd if limit is None else limit
     return (
         f"budget_exceeded: {budget.name} [budget #{budget.pk}] on {budget.describe_scope()} has spent "
-        f"${spent:.4f} of ${budget.limit_usd:.4f} {when}"
+        f"${spent:.4f} of ${limit:.4f} {when}"
     )
 
 
@@ -217,8 +263,8 @@ def _provider_system(name: str) -> str:
     return {"openai": "openai", "anthropic": "anthropic", "simulated": "simulated"}.get(kind or "", name)
 
 
-def _at_cap(budget: Budget, run: Run, spent: Decimal, period: str) -> seams.BudgetVerdict:
-    reason = _reason(budget, spent, period)
+def _at_cap(budget: Budget, run: Run, spent: Decimal, period: str, limit: Decimal) -> seams.BudgetVerdict:
+    reason = _reason(budget, spent, period, limit)
     if budget.action == BudgetAction.DEGRADE:
         model = cheaper_fallback(run)
         if model:
@@ -250,115 +296,248 @@ class FinopsBudgetGuard:
             wanted.append((budget, period, start, end))
         ids = spend_ids(wanted)
         spends = {ids[(b.pk, p)]: b for b, p, _, _ in wanted}
-        degrade: seams.BudgetVerdict | None = None
-        for budget in budgets:
-            if budget.period == BudgetPeriod.RUN and budget.enforces and run.cost >= budget.limit_usd:
-                capped = _at_cap(budget, run, run.cost, run_period_key(run.pk))
-                if capped.verdict == "pause":
-                    return capped
-                degrade = degrade or capped
-        calendar = {spend_id: b for spend_id, b in spends.items() if b.enforces and b.period != BudgetPeriod.RUN}
+        enforcing = {spend_id: b for spend_id, b in spends.items() if b.enforces}
         held: list[int] = []
-        if calendar:
-            admitted, held = _admit(run, calendar, hold=step_kind == "llm")
-            if admitted is not None:
-                if admitted.verdict == "pause":
-                    return admitted
-                degrade = degrade or admitted
+        capped: seams.BudgetVerdict | None = None
+        if enforcing:
+            capped, held = _admit(run, enforcing, hold=step_kind == "llm")
+            if capped is not None and capped.verdict == "pause":
+                return capped
         if step_kind == "llm":
             _local.step = PendingStep(run.pk, spends, held)
-        return degrade or verdict
+        return capped or verdict
 
 
-def _lock_spends(ids: list[int]) -> dict[int, tuple[Decimal, Decimal | None, str]]:
-    table = BudgetSpend._meta.db_table
+def _lock_spends(
+    ids: list[int], run_id: int, now: datetime, *, holds: bool
+) -> dict[int, tuple[Decimal, Decimal | None, str, Decimal, bool, int, Decimal, int]]:
+    """Lock the spend rows and read, in one statement: spent, costliest step, period, the
+    budget's limit and whether it is active, and the steps in flight (count, estimates' sum,
+    how many have an estimate) of other runs still running."""
+    from fleet.models import Run
+
+    spend, budget, hold, run = (
+        BudgetSpend._meta.db_table,
+        Budget._meta.db_table,
+        BudgetHold._meta.db_table,
+        Run._meta.db_table,
+    )
     placeholders = ", ".join(["%s"] * len(ids))
-    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    params: list[Any] = []
+    if holds:
+        live = (
+            f"FROM {hold} h JOIN {run} r ON r.id = h.run_id WHERE h.spend_id = s.id AND h.run_id <> %s "
+            "AND h.expires_at > %s AND r.status = %s"
+        )
+        in_flight = (
+            f"(SELECT COUNT(*) {live}), (SELECT COALESCE(SUM(h.amount), 0) {live}), (SELECT COUNT(h.amount) {live})"
+        )
+        params = [run_id, db_time(now), RunStatus.RUNNING] * 3
+    else:
+        in_flight = "0, 0, 0"
+    lock = " FOR UPDATE OF s" if connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT id, spent, max_step_cost, period FROM {table} WHERE id IN ({placeholders}) ORDER BY id{lock}",
-            ids,
+            f"SELECT s.id, s.spent, s.max_step_cost, s.period, b.limit_usd, b.active, {in_flight} "
+            f"FROM {spend} s JOIN {budget} b ON b.id = s.budget_id WHERE s.id IN ({placeholders}) ORDER BY s.id{lock}",
+            [*params, *ids],
         )
         return {
-            row[0]: (Decimal(str(row[1])), None if row[2] is None else Decimal(str(row[2])), row[3])
+            row[0]: (
+                Decimal(str(row[1])),
+                None if row[2] is None else Decimal(str(row[2])),
+                row[3],
+                Decimal(str(row[4])),
+                bool(row[5]),
+                int(row[6]),
+                Decimal(str(row[7])),
+                int(row[8]),
+            )
             for row in cursor.fetchall()
         }
 
 
-def _holds_in_flight(ids: list[int], run_id: int, now: datetime) -> dict[int, tuple[int, Decimal, int]]:
-    """Per spend row: (steps in flight, their estimates' sum, how many have an estimate)."""
-    from fleet.models import Run
-
-    hold_table, run_table = BudgetHold._meta.db_table, Run._meta.db_table
-    placeholders = ", ".join(["%s"] * len(ids))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT h.spend_id, COUNT(*), COALESCE(SUM(h.amount), 0), COUNT(h.amount) FROM {hold_table} h "
-            f"JOIN {run_table} r ON r.id = h.run_id "
-            f"WHERE h.spend_id IN ({placeholders}) AND h.run_id <> %s AND h.expires_at > %s AND r.status = %s "
-            "GROUP BY h.spend_id",
-            [*ids, run_id, now, RunStatus.RUNNING],
-        )
-        return {row[0]: (int(row[1]), Decimal(str(row[2])), int(row[3])) for row in cursor.fetchall()}
-
-
 def _admit(run: Run, budgets: dict[int, Budget], *, hold: bool) -> tuple[seams.BudgetVerdict | None, list[int]]:
-    """Admit the run's next step against calendar budgets that enforce a cap: returns the cap's
+    """Admit the run's next step against the budgets that enforce a cap: returns the cap's
     verdict if one is reached, else ``None`` and the holds taken (LLM steps only)."""
+    if connection.vendor == "postgresql":
+        return _admit_in_one_statement(run, budgets, hold=hold)
     ids = sorted(budgets)
+    calendar = [i for i in ids if budgets[i].period != BudgetPeriod.RUN]
     waited_since = time.monotonic()
     while True:
         now = timezone.now()
         with transaction.atomic():
-            spends = _lock_spends(ids)
-            if len(spends) < len(ids):
+            rows = _lock_spends(ids, run.pk, now, holds=hold and bool(calendar))
+            if len(rows) < len(ids):
                 forget_spend_cache()  # a budget was deleted meanwhile; the next check starts afresh
                 return None, []
             degrade: seams.BudgetVerdict | None = None
             for spend_id in ids:
-                spent, _, period = spends[spend_id]
+                spent, _, period, limit, active, _, _, _ = rows[spend_id]
                 budget = budgets[spend_id]
-                if spent >= budget.limit_usd:
-                    capped = _at_cap(budget, run, spent, period)
+                if budget.period == BudgetPeriod.RUN:
+                    spent = max(spent, run.cost)
+                if active and spent >= limit:
+                    capped = _at_cap(budget, run, spent, period, limit)
                     if capped.verdict == "pause":
                         return capped, []
                     degrade = degrade or capped
-            if degrade is not None or not hold:
+            if degrade is not None or not hold or not calendar:
                 return degrade, []
-            in_flight = _holds_in_flight(ids, run.pk, now)
             estimates: dict[int, Decimal | None] = {}
             blocked = False
-            for spend_id in ids:
-                spent, max_step, _ = spends[spend_id]
+            for spend_id in calendar:
+                spent, max_step, _, limit, active, count, total, with_estimate = rows[spend_id]
                 estimate = None if max_step is None else max_step * ESTIMATE_MARGIN
                 estimates[spend_id] = estimate
-                count, total, with_estimate = in_flight.get(spend_id, (0, ZERO, 0))
-                if count == 0:
+                if count == 0 or not active:
                     continue
-                if (
-                    estimate is None
-                    or with_estimate < count
-                    or spent + total + estimate >= budgets[spend_id].limit_usd
-                ):
+                if estimate is None or with_estimate < count or spent + total + estimate >= limit:
                     blocked = True
                     break
             if not blocked or time.monotonic() - waited_since > 2 * HOLD_SECONDS:
                 _hold(run.pk, estimates, now)
-                return None, ids
+                return None, calendar
+        time.sleep(WAIT_SECONDS)
+
+
+def _async_commit() -> str:
+    """A condition, always true, that makes the statement's own transaction commit without
+    waiting for the WAL to reach disk (``synchronous_commit = off`` for that transaction only;
+    never inside a caller's transaction). A database crash may then lose the last fraction of a
+    second of holds and counter updates: holds expire anyway, and ``finops_budget_rebuild``
+    recounts the counters from the rollups. A check costs one round trip this way."""
+    return "" if connection.in_atomic_block else " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
+
+
+def _admit_sql() -> str:
+    from fleet.models import Run
+
+    spend, budget, hold, run = (
+        BudgetSpend._meta.db_table,
+        Budget._meta.db_table,
+        BudgetHold._meta.db_table,
+        Run._meta.db_table,
+    )
+    live = (
+        f"FROM {hold} h JOIN {run} r ON r.id = h.run_id WHERE h.spend_id = s.id AND h.run_id <> %(run)s "
+        "AND h.expires_at > %(now)s AND r.status = 'running'"
+    )
+    return f"""
+        WITH locked AS (
+            SELECT s.id, s.spent, s.max_step_cost, s.period, b.limit_usd, b.active, b.period AS budget_period,
+                   f.n, f.total, f.n_estimated
+            FROM {spend} s JOIN {budget} b ON b.id = s.budget_id
+            CROSS JOIN LATERAL (
+                SELECT COUNT(*) AS n, COALESCE(SUM(h.amount), 0) AS total, COUNT(h.amount) AS n_estimated {live}
+            ) f
+            WHERE s.id = ANY(%(ids)s){{async_commit}}
+            ORDER BY s.id FOR UPDATE OF s
+        ),
+        decided AS (
+            SELECT COALESCE(bool_and(NOT active OR (
+                (CASE WHEN budget_period = 'run' THEN GREATEST(spent, %(run_cost)s) ELSE spent END) < limit_usd
+                AND (NOT %(hold)s OR budget_period = 'run' OR n = 0 OR (
+                    max_step_cost IS NOT NULL AND n_estimated = n
+                    AND spent + total + max_step_cost * %(margin)s < limit_usd)))), true) AS ok
+            FROM locked
+        ),
+        held AS (
+            INSERT INTO {hold} (spend_id, run_id, amount, created_at, expires_at)
+            SELECT id, %(run)s, max_step_cost * %(margin)s, %(now)s, %(expires)s FROM locked
+            WHERE %(hold)s AND budget_period <> 'run' AND (SELECT ok FROM decided)
+            ON CONFLICT (spend_id, run_id) DO UPDATE SET amount = excluded.amount,
+                created_at = excluded.created_at, expires_at = excluded.expires_at
+            RETURNING spend_id
+        )
+        SELECT l.id, l.spent, l.period, l.limit_usd, l.active, (SELECT ok FROM decided),
+               ARRAY(SELECT spend_id FROM held)
+        FROM locked l ORDER BY l.id
+    """
+
+
+def _prepared(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` with server-side parameters, so that PostgreSQL prepares it after a few runs
+    and stops planning it every time (Django's cursors bind on the client)."""
+    import psycopg
+
+    connection.ensure_connection()
+    raw = connection.connection
+    with psycopg.Cursor(raw) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _admit_in_one_statement(
+    run: Run, budgets: dict[int, Budget], *, hold: bool
+) -> tuple[seams.BudgetVerdict | None, list[int]]:
+    """PostgreSQL: lock the counters, decide and take the holds in one statement (one round trip,
+    its own transaction), waiting and trying again while other runs' steps are in flight."""
+    ids = sorted(budgets)
+    sql = _admit_sql().replace("{async_commit}", _async_commit())
+    waited_since = time.monotonic()
+    while True:
+        now = timezone.now()
+        params = {
+            "ids": ids,
+            "run": run.pk,
+            "now": now,
+            "expires": now + timedelta(seconds=HOLD_SECONDS),
+            "run_cost": run.cost,
+            "hold": hold,
+            "margin": ESTIMATE_MARGIN,
+        }
+        rows = _prepared(sql, params)
+        if len(rows) < len(ids):
+            forget_spend_cache()  # a budget was deleted meanwhile; the next check starts afresh
+            return None, []
+        if rows[0][5]:
+            return None, sorted(rows[0][6])
+        degrade: seams.BudgetVerdict | None = None
+        for spend_id, spent, period, limit, active, _, _ in rows:
+            budget = budgets[spend_id]
+            spent = Decimal(str(spent))
+            if budget.period == BudgetPeriod.RUN:
+                spent = max(spent, run.cost)
+            if active and spent >= limit:
+                capped = _at_cap(budget, run, spent, period, Decimal(str(limit)))
+                if capped.verdict == "pause":
+                    return capped, []
+                degrade = degrade or capped
+        if degrade is not None:
+            return degrade, []
+        if time.monotonic() - waited_since > 2 * HOLD_SECONDS:
+            params["margin"] = Decimal(0)  # give up waiting on holds that never end
+            BudgetHold.objects.filter(spend_id__in=ids, expires_at__lt=now).delete()
         time.sleep(WAIT_SECONDS)
 
 
 def _hold(run_id: int, estimates: dict[int, Decimal | None], now: datetime) -> None:
     table = BudgetHold._meta.db_table
     expires = now + timedelta(seconds=HOLD_SECONDS)
+    keys = sorted(estimates)
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(keys))
+    params: list[Any] = []
+    for spend_id in keys:
+        params += [spend_id, run_id, estimates[spend_id], db_time(now), db_time(expires)]
     with connection.cursor() as cursor:
-        for spend_id, estimate in sorted(estimates.items()):
-            cursor.execute(
-                f"INSERT INTO {table} (spend_id, run_id, amount, created_at, expires_at) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (spend_id, run_id) DO UPDATE SET amount = excluded.amount, "
-                "created_at = excluded.created_at, expires_at = excluded.expires_at",
-                [spend_id, run_id, estimate, now, expires],
-            )
+        cursor.execute(
+            f"INSERT INTO {table} (spend_id, run_id, amount, created_at, expires_at) VALUES {values} "
+            "ON CONFLICT (spend_id, run_id) DO UPDATE SET amount = excluded.amount, "
+            "created_at = excluded.created_at, expires_at = excluded.expires_at",
+            params,
+        )
+
+
+def _release(run_id: int, spend_ids: list[int]) -> None:
+    placeholders = ", ".join(["%s"] * len(spend_ids))
+    fast = _async_commit() if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {BudgetHold._meta.db_table} WHERE run_id = %s AND spend_id IN ({placeholders}){fast}",
+            [run_id, *spend_ids],
+        )
 
 
 def release_pending() -> None:
@@ -366,48 +545,67 @@ def release_pending() -> None:
     its holds go."""
     pending, _local.step = _local.step, None
     if pending is not None and pending.held:
-        BudgetHold.objects.filter(run_id=pending.run_id, spend_id__in=pending.held).delete()
+        _release(pending.run_id, pending.held)
 
 
 def step_priced(cost: Decimal | None) -> None:
-    """The pricer priced the LLM step this thread's last check admitted: charge its budgets."""
+    """The pricer priced the LLM step this thread's last check admitted: charge its budgets and
+    end its holds (one statement on PostgreSQL)."""
     pending, _local.step = _local.step, None
     if pending is None:
         return
     try:
-        with transaction.atomic():
-            crossed = _charge_ids(pending.spends, cost) if cost else []
+        if not cost:
             if pending.held:
-                BudgetHold.objects.filter(run_id=pending.run_id, spend_id__in=pending.held).delete()
+                _release(pending.run_id, pending.held)
+            return
+        if connection.vendor == "postgresql":  # one statement: its own transaction
+            crossed = _charge_ids(pending, cost)
+            _evaluate_on_commit(crossed, [pending.run_id])
+            return
+        with transaction.atomic():
+            crossed = _charge_ids(pending, cost)
             _evaluate_on_commit(crossed, [pending.run_id])
     except Exception:  # the step's answer matters more than the counter; reconcile fixes it
         logger.exception("budget spend of run %s could not be charged", pending.run_id)
 
 
-def _charge_ids(spends: dict[int, Budget], cost: Decimal) -> list[tuple[Budget, str]]:
-    table = BudgetSpend._meta.db_table
-    ids = sorted(spends)
+def _charge_ids(pending: PendingStep, cost: Decimal) -> list[tuple[Budget, str]]:
+    spend, budget, hold = BudgetSpend._meta.db_table, Budget._meta.db_table, BudgetHold._meta.db_table
+    ids = sorted(pending.spends)
     placeholders = ", ".join(["%s"] * len(ids))
+    fast = _async_commit() if connection.vendor == "postgresql" else ""
+    update = (
+        f"UPDATE {spend} SET spent = spent + %s, "
+        f"max_step_cost = {_greatest('COALESCE(max_step_cost, 0)', '%s')}, updated_at = %s "
+        f"WHERE id IN ({placeholders}){fast} "
+        f"RETURNING id, spent, period, (SELECT limit_usd FROM {budget} b WHERE b.id = budget_id)"
+    )
+    params: list[Any] = [cost, cost, db_time(timezone.now()), *ids]
+    held = sorted(pending.held)
+    release = f"DELETE FROM {hold} WHERE run_id = %s AND spend_id IN ({', '.join(['%s'] * len(held))})"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET spent = spent + %s, "
-            f"max_step_cost = {_greatest('COALESCE(max_step_cost, 0)', '%s')}, updated_at = %s "
-            f"WHERE id IN ({placeholders}) RETURNING id, spent, period",
-            [cost, cost, timezone.now(), *ids],
-        )
+        if held and connection.vendor == "postgresql":
+            cursor.execute(f"WITH released AS ({release}) {update}", [pending.run_id, *held, *params])
+        else:
+            if held:
+                cursor.execute(release, [pending.run_id, *held])
+            cursor.execute(update, params)
         rows = cursor.fetchall()
     crossed = []
-    for spend_id, spent, period in rows:
-        budget = spends[spend_id]
-        if _crossed(budget, Decimal(str(spent)) - cost, Decimal(str(spent))):
-            crossed.append((budget, period))
+    for spend_id, spent, period, limit in rows:
+        budget_obj = pending.spends[spend_id]
+        if _crossed(budget_obj, Decimal(str(spent)) - cost, Decimal(str(spent)), limit=Decimal(str(limit))):
+            crossed.append((budget_obj, period))
     return crossed
 
 
-def _crossed(budget: Budget, before: Decimal, after: Decimal, *, over_cap_counts: bool = False) -> bool:
+def _crossed(
+    budget: Budget, before: Decimal, after: Decimal, *, over_cap_counts: bool = False, limit: Decimal | None = None
+) -> bool:
     """Did the spend reach a threshold it had not reached before? With ``over_cap_counts``, spend
     added over an enforced cap counts too (external runs still sending must be paused)."""
-    limit = budget.limit_usd
+    limit = budget.limit_usd if limit is None else limit
     if over_cap_counts and after >= limit and budget.enforces:
         return True
     return before < limit <= after or any(before * 100 < limit * t <= after * 100 for t in budget.sorted_thresholds)
@@ -474,7 +672,7 @@ def charge_spans(team_id: int, charges: list[tuple[dict[str, Any], Dimensions]])
     params: list[Any] = []
     for budget_id, period in keys:
         delta, biggest, start, end, _ = totals[(budget_id, period)]
-        params += [budget_id, period, start, end, delta, biggest, now]
+        params += [budget_id, period, db_time(start), db_time(end), delta, biggest, db_time(now)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, max_step_cost, updated_at) "

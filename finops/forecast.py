@@ -36,6 +36,7 @@ SEASON = 24
 SEASONAL_MIN_HOURS = 3 * SEASON
 SMOOTHING_MIN_HOURS = 6
 SIMULATIONS = 300
+SEED = 20_240_601  # simulated paths are reproducible: the same history gives the same interval
 INTERVAL = (10, 90)  # percentiles: an 80 % interval
 PLACES = Decimal("0.000001")
 
@@ -82,15 +83,23 @@ def _ets(history: np.ndarray, horizon: int) -> Projection:
             seasonal_periods=SEASON if seasonal else None,
         )
         fitted = model.fit(disp=False, maxiter=200)
-        paths = np.asarray(fitted.simulate(nsimulations=horizon, repetitions=SIMULATIONS, anchor="end"))
+        mean = np.clip(np.asarray(fitted.forecast(horizon)), 0, None)
+        paths = np.asarray(
+            fitted.simulate(
+                nsimulations=horizon, repetitions=SIMULATIONS, anchor="end", rng=np.random.default_rng(SEED)
+            )
+        )
+    # The point forecast is the model's; the simulated paths (hours below zero cut to zero) give
+    # the interval of the total.
     paths = np.clip(paths.reshape(horizon, -1), 0, None)
-    totals = paths.sum(axis=0)
-    low, high = np.percentile(totals, INTERVAL)
-    hourly_mean = paths.mean(axis=1)
+    low, high = np.percentile(paths.sum(axis=0), INTERVAL)
+    total = float(mean.sum())
+    low, high = min(low, total), max(high, total)
+    hourly_mean = mean
     hourly_low, hourly_high = np.percentile(paths, INTERVAL, axis=1)
     path = [(float(m), float(lo), float(hi)) for m, lo, hi in zip(hourly_mean, hourly_low, hourly_high, strict=True)]
     method = "ETS(A,N,A) 24h season" if seasonal else "ETS(A,N,N) simple exponential smoothing"
-    return Projection(float(totals.mean()), float(low), float(high), path, method)
+    return Projection(total, float(low), float(high), path, method)
 
 
 def hourly_series(rollups: QuerySet[CostRollup], start: datetime, end: datetime) -> np.ndarray:

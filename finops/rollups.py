@@ -208,10 +208,15 @@ def _upsert_sql(count: int) -> str:
 
 def upsert(rows: list[tuple[Any, ...]]) -> None:
     """Add ``rows`` (key + sums, sorted by key) to the rollups."""
+    adapt = connection.ops.adapt_datetimefield_value  # (SQLite compares the text the ORM writes)
     with connection.cursor() as cursor:
         for start in range(0, len(rows), CHUNK_ROWS):
             chunk = rows[start : start + CHUNK_ROWS]
-            cursor.execute(_upsert_sql(len(chunk)), [value for row in chunk for value in row])
+            params = []
+            for row in chunk:
+                params.append(adapt(row[0]))
+                params.extend(row[1:])
+            cursor.execute(_upsert_sql(len(chunk)), params)
 
 
 # --- At ingest --------------------------------------------------------------------------------
@@ -275,20 +280,32 @@ def _trace_agents(
     team_id: int, rows: list[dict[str, Any]], accumulator: Accumulator, keys: tuple[str, ...]
 ) -> dict[str, TraceAgent]:
     """The agent of each trace of the batch whose spans do not all name one: from the batch, or
-    from spans stored earlier. When the batch brings the first agent of a trace (the agent's own
-    span often ends, and is exported, after its children), the trace's earlier spans move to it
-    in the rollups (subtracted where they were counted, added to the agent)."""
-    anonymous = {row["trace_id"] for row in rows if not has_agent(row)}
-    named = {row["trace_id"] for row in rows if has_agent(row)}
-    if not anonymous and not named:
-        return {}
-    in_batch = {(row["trace_id"], row["span_id"]) for row in rows}
+    from the trace's summary (what spans stored earlier named; the summaries are locked and not
+    yet updated with this batch). When the batch brings the first agent of a trace that has
+    spans already (the agent's own span often ends, and is exported, after its children), those
+    spans move to it in the rollups (subtracted where they were counted, added to the agent)."""
+    from traces.models import Trace
+
     batch_agents = _pick(rows)
-    # Agents named by earlier spans (for anonymous spans now, and to see who is new).
-    earlier = _stored_agents(team_id, anonymous | named, in_batch)
-    agents = {**batch_agents, **earlier}
-    newly_named = [t for t in batch_agents if t not in earlier]
+    anonymous = {row["trace_id"] for row in rows if not has_agent(row)}
+    unresolved = anonymous - set(batch_agents)
+    wanted = unresolved | set(batch_agents)
+    if not wanted:
+        return {}
+    agents = dict(batch_agents)
+    newly_named = []
+    summaries = Trace.objects.filter(team_id=team_id, trace_id__in=sorted(wanted)).values_list(
+        "trace_id", "span_count", "agent_id", "agent_key", "agent_name"
+    )
+    for trace_id, span_count, agent_id, agent_key, agent_name in summaries:
+        if agent_id or agent_key or agent_name:
+            if trace_id in unresolved:
+                key = "" if agent_id else _text(agent_key or agent_name, 200)
+                agents[trace_id] = (int(agent_id or 0), key, "")
+        elif span_count and trace_id in batch_agents:
+            newly_named.append(trace_id)
     if newly_named:
+        in_batch = {(row["trace_id"], row["span_id"]) for row in rows}
         _move_earlier_spans(team_id, newly_named, batch_agents, in_batch, accumulator, keys)
     return {t: agents[t] for t in anonymous if t in agents}
 

@@ -27,13 +27,14 @@ Live events (``cockpit.live``, on the team's group; organisation budgets on ``or
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from django.core.exceptions import PermissionDenied
+from django.db import connection, transaction
 from django.db.models import Count, DateTimeField, Max, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 from django.http import Http404
@@ -418,28 +419,152 @@ def total_cost(user: Any, *, filters: CostFilter) -> Decimal:
 
 
 # --- Breakdowns -------------------------------------------------------------------------------
+#
+# Every breakdown is derived from rows of rollup sums grouped by some dimension fields (the
+# ``_spenders``, ``_tokens``, ``_waste``, ``_unpriced`` and ``_values`` helpers below). The single
+# selectors read only the fields they need; ``overview`` reads every dimension at once and
+# derives all of them from the same rows, so the dashboard and the selectors cannot disagree.
+
+SUMS = (
+    "cost",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "reasoning_tokens",
+    "spans",
+    "llm_spans",
+    "errors",
+    "unpriced",
+    "error_cost",
+    "retries",
+    "retry_cost",
+)
+DIMENSION_FIELDS = ("team_id", "agent_id", "agent_key", "workflow", "model", "provider", "tag")
+
+
+def _group_rows(rows: QuerySet[CostRollup], fields: Iterable[str]) -> list[dict[str, Any]]:
+    """Sums of ``rows`` per combination of ``fields``, with the latest hour seen (``last_hour``)."""
+    found = rows.values(*fields).annotate(**{name: Sum(name) for name in SUMS}, last_hour=Max("hour")).order_by()
+    # (a group whose spans all moved to their trace's agent keeps a row of zeros: not a group)
+    return [r for r in found if r["spans"] or r["cost"]]
+
+
+def _merge(rows: Iterable[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``rows`` re-grouped by ``fields`` (some of theirs): sums added, the latest hour kept."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[f] for f in fields)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = {
+                **{f: row[f] for f in fields},
+                **{s: row[s] or 0 for s in SUMS},
+                "last_hour": row["last_hour"],
+            }
+            continue
+        for name in SUMS:
+            into[name] += row[name] or 0
+        into["last_hour"] = max(into["last_hour"], row["last_hour"])
+    return list(merged.values())
 
 
 def _grouped(user: Any, filters: CostFilter, dimension: str) -> list[dict[str, Any]]:
-    fields = _check_dimension(dimension)
-    rows = (
-        rollups_for(user, filters)
-        .values(*fields)
-        .annotate(
-            cost=Sum("cost"),
-            spans=Sum("spans"),
-            unpriced=Sum("unpriced"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            errors=Sum("errors"),
-            error_cost=Sum("error_cost"),
-            retries=Sum("retries"),
-            retry_cost=Sum("retry_cost"),
+    return _group_rows(rollups_for(user, filters), _check_dimension(dimension))
+
+
+def _labels_for(rows: Iterable[dict[str, Any]]) -> _Labels:
+    labels = _Labels()
+    labels.load_agents(r["agent_id"] for r in rows if "agent_id" in r)
+    return labels
+
+
+def _spenders(rows: list[dict[str, Any]], dimension: str, labels: _Labels, limit: int) -> list[Spender]:
+    merged = _merge(rows, _check_dimension(dimension))
+    total = sum((r["cost"] for r in merged), ZERO)
+    spenders = [
+        Spender(
+            labels.group(dimension, r),
+            _money(r["cost"]),
+            float(r["cost"] / total) if total else 0.0,
+            int(r["spans"]),
+            int(r["unpriced"]),
         )
-        .order_by()
-    )
-    # (a group whose spans all moved to their trace's agent keeps a row of zeros: not a group)
-    return [r for r in rows if r["spans"] or r["cost"]]
+        for r in merged
+    ]
+    spenders.sort(key=lambda s: (-s.cost, s.group.label))
+    return spenders[:limit]
+
+
+def _values(rows: list[dict[str, Any]], dimension: str, labels: _Labels) -> list[Group]:
+    merged = _merge(rows, _check_dimension(dimension))
+    return sorted({labels.group(dimension, r) for r in merged}, key=lambda g: g.label.lower())
+
+
+def _tokens(rows: list[dict[str, Any]]) -> list[ModelTokens]:
+    result = [
+        ModelTokens(
+            r["provider"],
+            r["model"],
+            int(r["input_tokens"]),
+            int(r["output_tokens"]),
+            int(r["cache_read_tokens"]),
+            int(r["reasoning_tokens"]),
+            _money(r["cost"]),
+            int(r["llm_spans"]),
+        )
+        for r in _merge((r for r in rows if r["model"]), ("provider", "model"))
+    ]
+    result.sort(key=lambda m: (-(m.input_tokens + m.output_tokens), m.model))
+    return result
+
+
+def _waste(
+    rows: list[dict[str, Any]], dimension: str, labels: _Labels, failed_runs: dict[str, tuple[Decimal, int]]
+) -> list[WasteRow]:
+    result = []
+    for r in _merge(rows, _check_dimension(dimension)):
+        group = labels.group(dimension, r)
+        run_cost, run_count = failed_runs.get(group.key, (ZERO, 0))
+        if not (r["error_cost"] or r["retry_cost"] or r["errors"] or r["retries"] or run_count):
+            continue
+        result.append(
+            WasteRow(
+                group,
+                _money(r["error_cost"]),
+                int(r["errors"]),
+                _money(r["retry_cost"]),
+                int(r["retries"]),
+                run_cost,
+                run_count,
+                _money(r["cost"]),
+            )
+        )
+    result.sort(key=lambda w: (-(w.failed_span_cost + w.retry_cost + w.failed_run_cost), w.group.label))
+    return result
+
+
+def _unpriced(rows: list[dict[str, Any]], labels: _Labels) -> list[UnpricedModel]:
+    """Per model with unpriced calls in the range: how many, the tokens of its calls in the
+    range, the teams that made them, and the last hour it was seen."""
+    by_team = [r for r in _merge(rows, ("provider", "model", "team_id")) if r["unpriced"]]
+    teams: dict[tuple[str, str], set[str]] = {}
+    for r in by_team:
+        teams.setdefault((r["provider"], r["model"]), set()).add(labels.team(r["team_id"]))
+    result = []
+    for r in _merge(by_team, ("provider", "model")):
+        result.append(
+            UnpricedModel(
+                r["provider"],
+                r["model"],
+                int(r["unpriced"]),
+                int(r["input_tokens"]),
+                int(r["output_tokens"]),
+                sorted(teams[(r["provider"], r["model"])]),
+                r["last_hour"],
+            )
+        )
+    result.sort(key=lambda u: (-u.spans, u.model))
+    return result
 
 
 def cost_over_time(
@@ -486,101 +611,25 @@ def cost_over_time(
 
 def top_spenders(user: Any, *, filters: CostFilter, dimension: Dimension = "agent", limit: int = 10) -> list[Spender]:
     rows = _grouped(user, filters, dimension)
-    labels = _Labels()
-    if dimension in ("agent", "agent_version"):
-        labels.load_agents(r["agent_id"] for r in rows)
-    total = sum((r["cost"] or ZERO for r in rows), ZERO)
-    spenders = [
-        Spender(
-            labels.group(dimension, r),
-            _money(r["cost"]),
-            float((r["cost"] or ZERO) / total) if total else 0.0,
-            int(r["spans"] or 0),
-            int(r["unpriced"] or 0),
-        )
-        for r in rows
-    ]
-    spenders.sort(key=lambda s: (-s.cost, s.group.label))
-    return spenders[:limit]
+    return _spenders(rows, dimension, _labels_for(rows), limit)
 
 
 def dimension_values(user: Any, *, filters: CostFilter, dimension: Dimension) -> list[Group]:
     """The values a filter drop-down offers (groups with any spans in the range)."""
     rows = _grouped(user, filters, dimension)
-    labels = _Labels()
-    if dimension in ("agent", "agent_version"):
-        labels.load_agents(r["agent_id"] for r in rows)
-    return sorted({labels.group(dimension, r) for r in rows}, key=lambda g: g.label.lower())
+    return _values(rows, dimension, _labels_for(rows))
 
 
 def tokens_by_model(user: Any, *, filters: CostFilter) -> list[ModelTokens]:
-    rows = (
-        rollups_for(user, filters)
-        .exclude(model="")
-        .values("provider", "model")
-        .annotate(
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            cache_read_tokens=Sum("cache_read_tokens"),
-            reasoning_tokens=Sum("reasoning_tokens"),
-            cost=Sum("cost"),
-            spans=Sum("llm_spans"),
-        )
-        .order_by()
-    )
-    result = [
-        ModelTokens(
-            r["provider"],
-            r["model"],
-            int(r["input_tokens"] or 0),
-            int(r["output_tokens"] or 0),
-            int(r["cache_read_tokens"] or 0),
-            int(r["reasoning_tokens"] or 0),
-            _money(r["cost"]),
-            int(r["spans"] or 0),
-        )
-        for r in rows
-    ]
-    result.sort(key=lambda m: (-(m.input_tokens + m.output_tokens), m.model))
-    return result
+    return _tokens(_group_rows(rollups_for(user, filters).exclude(model=""), ("provider", "model")))
 
 
 def waste(user: Any, *, filters: CostFilter, dimension: Dimension = "agent") -> list[WasteRow]:
+    """Per group: the cost of failed spans and of spans that needed retries (from the rollups),
+    and — per agent or team — what its failed and cancelled runs cost."""
     rows = _grouped(user, filters, dimension)
-    labels = _Labels()
-    if dimension in ("agent", "agent_version"):
-        labels.load_agents(r["agent_id"] for r in rows)
-    failed_runs: dict[str, tuple[Decimal, int]] = {}
-    if dimension in ("agent", "team"):
-        field_name = "agent_id" if dimension == "agent" else "team_id"
-        for r in (
-            _runs_for(user, filters)
-            .filter(status__in=[RunStatus.FAILED, RunStatus.CANCELLED])
-            .values(field_name)
-            .annotate(cost=Sum("cost"), n=Count("id"))
-            .order_by()
-        ):
-            failed_runs[str(r[field_name])] = (_money(r["cost"]), int(r["n"]))
-    result = []
-    for r in rows:
-        group = labels.group(dimension, r)
-        run_cost, run_count = failed_runs.get(group.key, (ZERO, 0))
-        if not (r["error_cost"] or r["retry_cost"] or r["errors"] or r["retries"] or run_count):
-            continue
-        result.append(
-            WasteRow(
-                group,
-                _money(r["error_cost"]),
-                int(r["errors"] or 0),
-                _money(r["retry_cost"]),
-                int(r["retries"] or 0),
-                run_cost,
-                run_count,
-                _money(r["cost"]),
-            )
-        )
-    result.sort(key=lambda w: (-(w.failed_span_cost + w.retry_cost + w.failed_run_cost), w.group.label))
-    return result
+    failed = _failed_runs(_run_rows(user, filters, None), dimension)
+    return _waste(rows, dimension, _labels_for(rows), failed)
 
 
 def unpriced_models(user: Any, *, filters: CostFilter | None = None) -> list[UnpricedModel]:
@@ -589,32 +638,8 @@ def unpriced_models(user: Any, *, filters: CostFilter | None = None) -> list[Unp
     if filters is None:
         now = timezone.now()
         filters = CostFilter(since=now - timedelta(days=30), until=now + timedelta(hours=1))
-    rows = (
-        rollups_for(user, filters)
-        .filter(unpriced__gt=0)
-        .values("provider", "model", "team_id")
-        .annotate(
-            spans=Sum("unpriced"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            last_seen=Max("hour"),
-        )
-        .order_by()
-    )
-    labels = _Labels()
-    merged: dict[tuple[str, str], list[Any]] = {}
-    for r in rows:
-        entry = merged.setdefault((r["provider"], r["model"]), [0, 0, 0, set(), r["last_seen"]])
-        entry[0] += int(r["spans"] or 0)
-        entry[1] += int(r["input_tokens"] or 0)
-        entry[2] += int(r["output_tokens"] or 0)
-        entry[3].add(labels.team(r["team_id"]))
-        entry[4] = max(entry[4], r["last_seen"])
-    result = [
-        UnpricedModel(provider, model, e[0], e[1], e[2], sorted(e[3]), e[4]) for (provider, model), e in merged.items()
-    ]
-    result.sort(key=lambda u: (-u.spans, u.model))
-    return result
+    rows = _group_rows(rollups_for(user, filters).exclude(model=""), ("provider", "model", "team_id"))
+    return _unpriced(rows, _Labels())
 
 
 def chargeback(
@@ -667,29 +692,53 @@ def chargeback(
 
 # --- Runs -------------------------------------------------------------------------------------
 
+FAILED_RUN_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
 
-def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = "day") -> list[AgentRunCost]:
-    """Per agent: cost of its runs started in the range divided by those that succeeded, with
-    the trend per bucket (from ``fleet.Run``)."""
-    if bucket not in ("hour", "day", "week", "month"):
-        raise ValueError(f"{bucket!r} is not a bucket")
-    tz = UTC if bucket == "hour" else timezone.get_current_timezone()
-    rows = (
-        _runs_for(user, filters)
-        .annotate(bucket=Trunc("created_at", bucket, output_field=DateTimeField(), tzinfo=tz))
-        .values("agent_id", "bucket")
+
+def _run_rows(user: Any, filters: CostFilter, bucket: str | None) -> list[dict[str, Any]]:
+    """Runs started in the range, per agent (and ``bucket`` of their start): their cost and
+    count, how many succeeded, and what the failed and cancelled ones cost."""
+    runs = _runs_for(user, filters)
+    keys = ["agent_id", "team_id"]
+    if bucket is not None:
+        if bucket not in ("hour", "day", "week", "month"):
+            raise ValueError(f"{bucket!r} is not a bucket")
+        tz = UTC if bucket == "hour" else timezone.get_current_timezone()
+        runs = runs.annotate(bucket=Trunc("created_at", bucket, output_field=DateTimeField(), tzinfo=tz))
+        keys.append("bucket")
+    failed = Q(status__in=FAILED_RUN_STATUSES)
+    return list(
+        runs.values(*keys)
         .annotate(
-            cost=Sum("cost"),
-            runs=Count("id"),
+            spent=Sum("cost"),
+            count=Count("id"),
             succeeded=Count("id", filter=Q(status=RunStatus.SUCCEEDED)),
+            failed_cost=Sum("cost", filter=failed),
+            failed=Count("id", filter=failed),
         )
-        .order_by("bucket")
+        .order_by(*keys[2:])
     )
+
+
+def _failed_runs(rows: list[dict[str, Any]], dimension: str) -> dict[str, tuple[Decimal, int]]:
+    """What failed and cancelled runs cost, per agent or team key (other dimensions: nothing)."""
+    if dimension not in ("agent", "team"):
+        return {}
+    field_name = "agent_id" if dimension == "agent" else "team_id"
+    found: dict[str, tuple[Decimal, int]] = {}
+    for r in rows:
+        if r["failed"]:
+            cost, count = found.get(str(r[field_name]), (ZERO, 0))
+            found[str(r[field_name])] = (cost + _money(r["failed_cost"]), count + r["failed"])
+    return found
+
+
+def _per_run(rows: list[dict[str, Any]]) -> list[AgentRunCost]:
     trends: dict[int, list[RunCostPoint]] = {}
     for r in rows:
-        cost = _money(r["cost"])
+        cost = _money(r["spent"])
         per = (cost / r["succeeded"]).quantize(PLACES) if r["succeeded"] else None
-        trends.setdefault(r["agent_id"], []).append(RunCostPoint(r["bucket"], cost, r["runs"], r["succeeded"], per))
+        trends.setdefault(r["agent_id"], []).append(RunCostPoint(r["bucket"], cost, r["count"], r["succeeded"], per))
     agents = {a.pk: a for a in Agent.objects.filter(pk__in=trends).select_related("team")}
     result = []
     for agent_id, trend in trends.items():
@@ -697,11 +746,10 @@ def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = 
         cost = sum((p.cost for p in trend), ZERO)
         runs = sum(p.runs for p in trend)
         succeeded = sum(p.succeeded for p in trend)
-        with_success = [p for p in trend if p.cost_per_success is not None]
+        with_success = [p.cost_per_success for p in trend if p.cost_per_success is not None]
         change = None
-        if len(with_success) >= 2 and with_success[-2].cost_per_success:
-            last, before = with_success[-1].cost_per_success, with_success[-2].cost_per_success
-            change = float(last / before - 1) if last is not None and before else None
+        if len(with_success) >= 2 and with_success[-2]:
+            change = float(with_success[-1] / with_success[-2] - 1)
         result.append(
             AgentRunCost(
                 agent_id,
@@ -719,10 +767,18 @@ def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = 
     return result
 
 
+def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = "day") -> list[AgentRunCost]:
+    """Per agent: cost of its runs started in the range divided by those that succeeded, with
+    the trend per bucket (from ``fleet.Run``)."""
+    return _per_run(_run_rows(user, filters, bucket))
+
+
 def costliest_runs(user: Any, *, filters: CostFilter, limit: int = 20) -> list[Run]:
     """Drill-down: the runs (``fleet.Run``, with agent and team) behind a number, costliest first.
     Model, provider and tag filters do not narrow runs (a run may use several)."""
-    return list(_runs_for(user, filters).select_related("agent", "team").order_by("-cost", "-id")[:limit])
+    # The few ids first, then their rows: sorting narrow rows, not rows joined to their agent.
+    ids = list(_runs_for(user, filters).order_by("-cost", "-id").values_list("pk", flat=True)[:limit])
+    return list(Run.objects.filter(pk__in=ids).select_related("agent", "team").order_by("-cost", "-id"))
 
 
 def routing_insight(
@@ -791,6 +847,70 @@ def routing_insight(
     return result
 
 
+# --- The dashboard in one read ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Every figure of the dashboard for one filter: what ``total_cost``, ``cost_over_time``,
+    ``top_spenders``, ``tokens_by_model``, ``waste``, ``unpriced_models``,
+    ``cost_per_successful_run`` and ``dimension_values`` return for it."""
+
+    total: Decimal
+    points: list[Point]
+    spenders: list[Spender]
+    tokens: list[ModelTokens]
+    waste: list[WasteRow]
+    unpriced: list[UnpricedModel]
+    per_run: list[AgentRunCost]
+    values: dict[str, list[Group]]
+
+
+def overview(
+    user: Any,
+    *,
+    filters: CostFilter,
+    group_by: Dimension = "team",
+    bucket: Bucket = "day",
+    run_bucket: Bucket | None = None,
+    top: int = 8,
+    limit: int = 10,
+    waste_by: Dimension = "agent",
+) -> Overview:
+    """The dashboard's figures from three reads: the rollups summed per combination of every
+    dimension (a few hundred rows, whatever the range), the rollups per bucket of the chart's
+    grouping, and the runs per agent and bucket."""
+    fields = (*DIMENSION_FIELDS, "agent_version") if "agent_version" in (group_by, waste_by) else DIMENSION_FIELDS
+    rows = _hashed(lambda: _group_rows(rollups_for(user, filters), fields))
+    runs = _run_rows(user, filters, run_bucket or bucket)
+    labels = _labels_for(rows)
+    return Overview(
+        total=_money(sum((r["cost"] for r in rows), ZERO)),
+        points=cost_over_time(user, filters=filters, group_by=group_by, bucket=bucket, top=top),
+        spenders=_spenders(rows, group_by, labels, limit),
+        tokens=_tokens(rows),
+        waste=_waste(rows, waste_by, labels, _failed_runs(runs, waste_by)),
+        unpriced=_unpriced(rows, labels),
+        per_run=_per_run(runs),
+        values={d: _values(rows, d, labels) for d in ("team", "agent", "workflow", "model", "provider", "tag")},
+    )
+
+
+def _hashed[T](read: Callable[[], T]) -> T:
+    """Run ``read`` with memory enough for PostgreSQL to hash its groups.
+
+    Dimensions are correlated (an agent uses a few models, a workflow belongs to one agent), which
+    the planner cannot know: it expects a hundred times more groups than there are, and with the
+    default ``work_mem`` sorts the rows on disk instead of hashing them (3× slower). Extended
+    statistics on the rollup table (``CREATE STATISTICS … (ndistinct)``) would tell it."""
+    if connection.vendor != "postgresql":
+        return read()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+        return read()
+
+
 # --- Forecasts and budgets --------------------------------------------------------------------
 
 
@@ -816,6 +936,11 @@ def budgets_for_user(user: Any) -> list[BudgetStatus]:
     """Active budgets the user may see, with the current period's spend and alerts."""
     now = timezone.now()
     return [budget_status(b, now=now) for b in _visible_budgets(user).filter(active=True)]
+
+
+def inactive_budgets_for_user(user: Any) -> list[Budget]:
+    """Budgets switched off that the user may see (the budgets page lists them to switch back on)."""
+    return list(_visible_budgets(user).filter(active=False))
 
 
 def budget_status(budget: Budget, *, now: datetime | None = None) -> BudgetStatus:

@@ -14,11 +14,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from cockpit import live
 from cockpit.audit import Actor, audit_record, snapshot
+from finops import budgets
 from finops.models import (
     AlertKind,
     Budget,
@@ -167,6 +168,7 @@ def budget_create(
         budget.thresholds = list(thresholds)
     _budget_validate(budget)
     budget.save()
+    budgets.forget_budgets()
     audit_record(actor=actor, action="budget.create", obj=budget, team=budget.team, after=budget.as_dict())
     return budget
 
@@ -199,6 +201,7 @@ def budget_update(*, actor: Actor, budget: Budget, changes: dict[str, Any], reas
     _budget_validate(budget)
     budget.updated_at = timezone.now()
     budget.save()
+    budgets.forget_budgets()
     audit_record(
         actor=actor,
         action="budget.update",
@@ -228,6 +231,7 @@ def budget_raise(
     budget.limit_usd = new_limit
     budget.updated_at = timezone.now()
     budget.save(update_fields=["limit_usd", "updated_at"])
+    budgets.forget_budgets()
     audit_record(
         actor=actor,
         action="budget.raise",
@@ -412,6 +416,36 @@ def notification_finish(notification: BudgetNotification, *, error: str = "") ->
     BudgetNotification.objects.filter(pk=notification.pk).update(
         status=NotificationStatus.SENT, sent_at=timezone.now(), last_error=""
     )
+
+
+@transaction.atomic
+def budget_spend_rebuild(*, actor: Actor, budget: Budget, at: datetime | None = None) -> BudgetSpend | None:
+    """Recount the spend of a calendar budget's current period (or the one containing ``at``)
+    from the hourly rollups — after a database crash, a reprice, or a budget created mid-period
+    (a new budget counts from its creation; this counts the whole period). Audited."""
+    from finops.forecast import budget_rollups
+    from finops.models import period_bounds
+
+    if budget.period == BudgetPeriod.RUN:
+        return None
+    period, start, end = period_bounds(budget.period, at or timezone.now())
+    total = budget_rollups(budget).filter(hour__gte=start, hour__lt=end).aggregate(c=Sum("cost"))["c"] or Decimal(0)
+    spend, _ = BudgetSpend.objects.select_for_update().get_or_create(
+        budget=budget, period=period, defaults={"period_start": start, "period_end": end}
+    )
+    before = spend.spent
+    spend.spent = Decimal(total).quantize(Decimal("0.000001"))
+    spend.updated_at = timezone.now()
+    spend.save(update_fields=["spent", "updated_at"])
+    audit_record(
+        actor=actor,
+        action="budget.spend_rebuild",
+        obj=budget,
+        team=budget.team,
+        before={"period": period, "spent": str(before)},
+        after={"period": period, "spent": str(spend.spent)},
+    )
+    return spend
 
 
 # --- Repricing --------------------------------------------------------------------------------

@@ -30,10 +30,10 @@ def _finops_basics(db: None, settings: Any) -> Iterator[None]:
     providers.forget()
     tools_sync()
     prices.overrides.invalidate()
-    budgets.forget_spend_cache()
+    budgets.forget_budgets()
     yield
     prices.overrides.invalidate()
-    budgets.forget_spend_cache()
+    budgets.forget_budgets()
     budgets.release_pending()
 
 
