@@ -209,7 +209,7 @@ def test_system_page_is_for_organisation_wide_admins(client, admin_user, superus
         ("/finops/", "FinOps"),
     ],
 )
-def test_the_main_navigation_marks_the_section_of_the_page(client, superuser, path, section) -> None:
+def test_the_main_navigation_marks_the_section_of_the_page(client, superuser, team, path, section) -> None:
     client.force_login(superuser)
     response = client.get(path)
     assert response.status_code == 200
