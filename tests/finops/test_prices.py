@@ -141,3 +141,40 @@ def test_admin_adds_an_override_and_it_is_audited(client, superuser) -> None:  #
     event = AuditEvent.objects.get(action="price_override.create")
     assert event.actor_label == superuser.username and event.reason == "self-hosted GPU estimate"
     assert prices.price(provider="vllm", model="house-model", usage=USAGE) == Decimal("0.003000")
+
+
+def test_admin_creates_and_raises_a_budget_through_the_audited_services(client, superuser, team) -> None:  # noqa: ANN001
+    from finops.models import Budget
+
+    client.force_login(superuser)
+    form = {
+        "name": "Alpha monthly",
+        "scope": "team",
+        "team": team.pk,
+        "agent": "",
+        "workflow": "",
+        "tag": "",
+        "period": "month",
+        "limit_usd": "100",
+        "thresholds": "[50, 80, 100]",
+        "action": "pause",
+        "alert_emails": '["fin@example.com"]',
+        "webhook_url": "",
+        "webhook_secret": "",
+        "active": "on",
+        "raise_reason": "",
+    }
+    response = client.post(reverse("admin:finops_budget_add"), form)
+    assert response.status_code == 302, response.content[:3000]
+    budget = Budget.objects.get()
+    response = client.post(
+        reverse("admin:finops_budget_change", args=[budget.pk]),
+        {**form, "limit_usd": "150", "raise_reason": "hiring spree"},
+    )
+    assert response.status_code == 302, response.content[:3000]
+    budget.refresh_from_db()
+    assert budget.limit_usd == 150
+    actions = list(
+        AuditEvent.objects.filter(object_type="finops.budget").order_by("id").values_list("action", "reason")
+    )
+    assert actions == [("budget.create", ""), ("budget.raise", "hiring spree")]
