@@ -409,7 +409,7 @@ def trace_view_data(trace: Trace, *, now: datetime | None = None) -> dict[str, A
 
     index = {r[1]: n for n, r in enumerate(rows)}
     human = (SpanType.APPROVAL, SpanType.OPERATOR)
-    labels = _inline_labels(trace) if any(r[4] in human for r in rows) else {}
+    labels = _inline_labels(trace) if any(r[4] in human or _is_escalation(r[3]) for r in rows) else {}
     spans: list[list[Any]] = []
     append = spans.append
     root = -1
@@ -422,6 +422,8 @@ def trace_view_data(trace: Trace, *, now: datetime | None = None) -> dict[str, A
                 root = len(spans)
         if started + duration > end:
             end = started + duration
+        if labels and span_type == SpanType.OTHER and _is_escalation(name) and span_id in labels:
+            span_type = SpanType.APPROVAL  # an approval's escalation is drawn with the approval
         append(
             [
                 span_id,
@@ -438,7 +440,7 @@ def trace_view_data(trace: Trace, *, now: datetime | None = None) -> dict[str, A
             ]
         )
     if trace.run_id is not None:
-        operator_times = [r[5] for r in rows if r[4] == SpanType.OPERATOR]
+        operator_times = [r[5] for r in rows if r[4] == SpanType.OPERATOR or _is_escalation(r[3])]
         approval_spans = sum(1 for r in rows if r[4] == SpanType.APPROVAL)
         for entry in _journal_rows(trace, operator_times, approval_spans, now):
             at = _micros(entry["at"])
@@ -505,16 +507,34 @@ def operator_summary(attributes: dict[str, Any]) -> str:
     return f"{action} by {who}" + (f" — “{reason}”" if reason else "")
 
 
+def escalation_summary(attributes: dict[str, Any]) -> str:
+    """ "escalated to L2 — “no decision within the SLA of L1”" from the escalation sweeper's span."""
+    reason = attributes.get("cockpit.reason")
+    return f"escalated to L{attributes.get('cockpit.escalation.level')}" + (f" — “{reason}”" if reason else "")
+
+
+ESCALATION_PREFIX = "escalation L"  # the escalation sweeper's spans (fleet.services.run_approval_escalated)
+
+
+def _is_escalation(name: str) -> bool:
+    return name.startswith(ESCALATION_PREFIX)
+
+
 def _inline_labels(trace: Trace) -> dict[str, str]:
-    """Who and how long, for the trace's approval and operator spans (their attributes only)."""
+    """Who and how long, for the trace's approval, escalation and operator spans (their
+    attributes only)."""
     labels = {}
-    found = _spans_of(trace).filter(span_type__in=[SpanType.APPROVAL, SpanType.OPERATOR])
+    found = _spans_of(trace).filter(
+        Q(span_type__in=[SpanType.APPROVAL, SpanType.OPERATOR]) | Q(name__startswith=ESCALATION_PREFIX)
+    )
     for span_id, span_type, attributes, duration in found.values_list(
         "span_id", "span_type", "attributes", "duration_us"
     ):
-        if span_type == SpanType.APPROVAL:
+        if "cockpit.escalation.level" in attributes:
+            labels[span_id] = escalation_summary(attributes)
+        elif span_type == SpanType.APPROVAL:
             labels[span_id] = approval_summary(attributes, duration)
-        else:
+        elif span_type == SpanType.OPERATOR:
             labels[span_id] = operator_summary(attributes)
     return labels
 
@@ -669,6 +689,8 @@ def span_detail(trace: Trace, span: Span) -> SpanDetail:
             "outcome": outcome if isinstance(outcome, dict) else {},
         }
         summary = approval_summary(attributes, span.duration_us)
+    elif "cockpit.escalation.level" in attributes:
+        summary = escalation_summary(attributes)
     elif span.span_type == SpanType.OPERATOR:
         data = _json_attribute(attributes, "cockpit.operator.data")
         operator = {

@@ -443,3 +443,40 @@ def test_the_trace_view_leads_to_its_incident(client, make_user, team) -> None:
     incident = incident_open(actor=SYSTEM, trace=trace, title="Refund issued twice")
     body = client.get(url).content.decode()
     assert f"Incident #{incident.pk}" in body and "Mark as incident" not in body
+
+
+def test_an_escalation_sits_with_the_approval_and_is_not_told_twice(client, admin_user, team) -> None:
+    agent = agent_create(actor=SYSTEM, team=team, slug="ext", name="Ext", kind=AgentKind.EXTERNAL)
+    run, _ = run_create(actor=SYSTEM, agent=agent, managed=False)
+    trace_id, root = run.trace_id, ex.new_span_id()
+    reason = "no decision within the SLA of L1; escalated to L2"
+    escalation = ex.row(
+        trace_id,
+        "escalation L2",
+        parent=root,
+        start_ms=90_000,
+        duration_ms=0,
+        attributes={"cockpit.escalation.level": 2, "cockpit.escalation.from": 1, "cockpit.reason": reason},
+    )
+    store.write(
+        team,
+        [
+            ex.row(trace_id, "invoke_agent ext", span_id=root, span_type="agent", duration_ms=600_000),
+            ex.approval(trace_id, root, 1_000, minutes=6),
+            escalation,
+        ],
+        now=ex.T0,
+    )
+    # The sweeper also notes the escalation in the run's journal, at the same moment.
+    RunEvent.objects.create(
+        run=run, kind="note", actor_label="escalation sweeper", reason=reason, at=ex.T0 + timedelta(seconds=90)
+    )
+    trace = Trace.objects.get(trace_id=trace_id)
+    client.force_login(admin_user)
+    data = view_data(client, trace)
+    rows = by_name(data)
+    assert rows["escalation L2"][3] == "approval"  # drawn with the approval it belongs to
+    assert rows["escalation L2"][10] == f"escalated to L2 — “{reason}”"
+    assert [r for r in data["spans"] if r[0] == ""] == []  # the journal's note is the same event
+    body = client.get(reverse("trace-span", args=[trace.pk, escalation["span_id"]])).content.decode()
+    assert "escalated to L2" in body
