@@ -491,13 +491,13 @@ def _spenders(rows: list[dict[str, Any]], dimension: str, labels: _Labels, limit
         )
         for r in merged
     ]
-    spenders.sort(key=lambda s: (-s.cost, s.group.label))
+    spenders.sort(key=lambda s: (-s.cost, s.group.label, s.group.key))
     return spenders[:limit]
 
 
 def _values(rows: list[dict[str, Any]], dimension: str, labels: _Labels) -> list[Group]:
     merged = _merge(rows, _check_dimension(dimension))
-    return sorted({labels.group(dimension, r) for r in merged}, key=lambda g: g.label.lower())
+    return sorted({labels.group(dimension, r) for r in merged}, key=lambda g: (g.label.lower(), g.key))
 
 
 def _tokens(rows: list[dict[str, Any]]) -> list[ModelTokens]:
@@ -514,7 +514,7 @@ def _tokens(rows: list[dict[str, Any]]) -> list[ModelTokens]:
         )
         for r in _merge((r for r in rows if r["model"]), ("provider", "model"))
     ]
-    result.sort(key=lambda m: (-(m.input_tokens + m.output_tokens), m.model))
+    result.sort(key=lambda m: (-(m.input_tokens + m.output_tokens), m.model, m.provider))
     return result
 
 
@@ -539,14 +539,14 @@ def _waste(
                 _money(r["cost"]),
             )
         )
-    result.sort(key=lambda w: (-(w.failed_span_cost + w.retry_cost + w.failed_run_cost), w.group.label))
+    result.sort(key=lambda w: (-(w.failed_span_cost + w.retry_cost + w.failed_run_cost), w.group.label, w.group.key))
     return result
 
 
 def _unpriced(rows: list[dict[str, Any]], labels: _Labels) -> list[UnpricedModel]:
     """Per model with unpriced calls in the range: how many, the tokens of its calls in the
     range, the teams that made them, and the last hour it was seen."""
-    by_team = [r for r in _merge(rows, ("provider", "model", "team_id")) if r["unpriced"]]
+    by_team = [r for r in _merge(rows, ("provider", "model", "team_id")) if r["unpriced"] and r["model"]]
     teams: dict[tuple[str, str], set[str]] = {}
     for r in by_team:
         teams.setdefault((r["provider"], r["model"]), set()).add(labels.team(r["team_id"]))
@@ -563,7 +563,7 @@ def _unpriced(rows: list[dict[str, Any]], labels: _Labels) -> list[UnpricedModel
                 r["last_hour"],
             )
         )
-    result.sort(key=lambda u: (-u.spans, u.model))
+    result.sort(key=lambda u: (-u.spans, u.model, u.provider))
     return result
 
 
@@ -763,7 +763,7 @@ def _per_run(rows: list[dict[str, Any]]) -> list[AgentRunCost]:
                 change,
             )
         )
-    result.sort(key=lambda a: (-a.cost, a.agent))
+    result.sort(key=lambda a: (-a.cost, a.agent, a.agent_id))
     return result
 
 
