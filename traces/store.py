@@ -77,6 +77,14 @@ class Stored:
     traces: list[int] = field(default_factory=list)
 
 
+def _copy_value(column: str, value: Any) -> Any:
+    if column not in JSON_COLUMNS:
+        return value
+    if not value:  # most spans have no events and no links
+        return "[]" if isinstance(value, list) else "{}"
+    return _dumps(value)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -388,8 +396,14 @@ def _insert(rows: list[dict[str, Any]]) -> None:
             connection.cursor() as cursor,
             cursor.cursor.copy(f"COPY {Span._meta.db_table} ({', '.join(COLUMNS)}) FROM STDIN") as copy,
         ):
+            # Spans of one resource share its dict: it is serialised once, not once per span.
+            resources: dict[int, str] = {}
             for row in rows:
-                copy.write_row([_dumps(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS])
+                resource = row["resource"]
+                if id(resource) not in resources:
+                    resources[id(resource)] = _dumps(resource)
+                dumped = resources[id(resource)]
+                copy.write_row([dumped if c == "resource" else _copy_value(c, row[c]) for c in COLUMNS])
         return
     Span.objects.bulk_create([Span(**{c: row[c] for c in COLUMNS}) for row in rows], batch_size=500)
 
