@@ -4,9 +4,10 @@ ingest, budgets with their running spend, the alerts they raised, and stored for
 * ``PriceOverride`` — an admin's price for a model (self-hosted, negotiated), in force from its
   ``effective_from``; the newest override in force at a span's time wins over ``genai-prices``.
 * ``CostRollup`` — one row per (hour, team, agent, agent version, workflow, model, provider,
-  tag), upserted in the span store's transaction (``finops.rollups``). Dashboards read these,
-  never spans; ``finops_reconcile`` proves they equal the spans they summarise. Key columns are
-  never NULL (``""`` / ``0`` stand for "none"), so one ``ON CONFLICT`` target fits every row.
+  tag), upserted in the span store's transaction (``finops.rollups``), and ``CostRollupDay``,
+  the same per day. Dashboards read these, never spans; ``finops_reconcile`` proves they equal
+  the spans they summarise. Key columns are never NULL (``""`` / ``0`` stand for "none"), so
+  one ``ON CONFLICT`` target fits every row.
 * ``Budget`` — a spending limit on a scope (everything, a team, an agent, a workflow, a tag)
   per period (day, week, month, or each run), with soft thresholds and the action at the cap.
 * ``BudgetSpend`` — the running spend of one budget in one period (the compact counter the
@@ -106,19 +107,9 @@ ROLLUP_SUMS = (
 )
 
 
-class CostRollup(models.Model):
-    """Cost and usage of one team's spans in one hour (by their start time, UTC), per dimension.
+class RollupColumns(models.Model):
+    """The dimensions and sums both rollup tables share."""
 
-    ``agent_id`` is the fleet agent's pk (0: the spans name no agent of the fleet — then
-    ``agent_key`` carries the name they sent); ``workflow`` is ``gen_ai.workflow.name`` (the
-    managed runtime sets it to the agent's entrypoint); ``tag`` is ``key=value`` of the tag
-    attributes (``COCKPIT_FINOPS_TAG_KEYS``, default ``cockpit.cost_center``) found on the span or
-    its resource, several joined with ``;``. Tokens count leaf spans only (LLM, tool, …), as
-    the trace summary does; ``cost`` is the sum of priced spans, ``unpriced`` counts the LLM
-    spans with usage but no price (their cost is unknown, not zero).
-    """
-
-    hour = models.DateTimeField()
     team = models.ForeignKey(Team, on_delete=models.CASCADE, db_index=False, related_name="+")
     agent_id = models.BigIntegerField(default=0)
     agent_key = models.CharField(max_length=200, blank=True)
@@ -146,6 +137,24 @@ class CostRollup(models.Model):
     )
 
     class Meta:
+        abstract = True
+
+
+class CostRollup(RollupColumns):
+    """Cost and usage of one team's spans in one hour (by their start time, UTC), per dimension.
+
+    ``agent_id`` is the fleet agent's pk (0: the spans name no agent of the fleet — then
+    ``agent_key`` carries the name they sent); ``workflow`` is ``gen_ai.workflow.name`` (the
+    managed runtime sets it to the agent's entrypoint); ``tag`` is ``key=value`` of the tag
+    attributes (``COCKPIT_FINOPS_TAG_KEYS``, default ``cockpit.cost_center``) found on the span or
+    its resource, several joined with ``;``. Tokens count leaf spans only (LLM, tool, …), as
+    the trace summary does; ``cost`` is the sum of priced spans, ``unpriced`` counts the LLM
+    spans with usage but no price (their cost is unknown, not zero).
+    """
+
+    hour = models.DateTimeField()
+
+    class Meta:
         constraints = [models.UniqueConstraint(fields=list(ROLLUP_KEY), name="costrollup_key")]
         indexes = [
             models.Index(fields=["team", "hour"], name="costrollup_team_hour"),
@@ -155,6 +164,25 @@ class CostRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}h team {self.team_id} {self.model or '-'}: ${self.cost}"
+
+
+class CostRollupDay(RollupColumns):
+    """The same per day: ``day`` is the start of a calendar day in ``TIME_ZONE``. Kept with the
+    hourly rows (same batch, same transaction), so that ranges of weeks and months are read from
+    24 times fewer rows; selectors read whole days here and the edges of a range from the hourly
+    table. After a change of ``TIME_ZONE``, rebuild them (``finops_reprice`` over the range)."""
+
+    day = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", *ROLLUP_KEY[1:]], name="costrollupday_key")]
+        indexes = [
+            models.Index(fields=["team", "day"], name="costrollupday_team_day"),
+            models.Index(fields=["day"], name="costrollupday_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day:%Y-%m-%d} team {self.team_id} {self.model or '-'}: ${self.cost}"
 
 
 # --- Budgets ----------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Trunc
+from django.utils import timezone
 
 from cockpit import live
-from finops.models import ROLLUP_KEY, ROLLUP_SUMS, CostRollup
+from finops.models import ROLLUP_KEY, ROLLUP_SUMS, CostRollup, CostRollupDay
 from traces.semconv import SpanType
 
 # Spans whose tokens and cost are their own (the same set as the trace summaries use).
@@ -190,24 +191,43 @@ class Accumulator:
     def rows(self) -> list[tuple[Any, ...]]:
         return [(*key, *sums) for key, sums in sorted(self.sums.items(), key=lambda item: _sort_key(item[0]))]
 
+    def day_rows(self) -> list[tuple[Any, ...]]:
+        """The same sums folded into days (``day_of`` each hour)."""
+        days: dict[Key, list[Any]] = {}
+        for key, sums in self.sums.items():
+            day_key = (day_of(key[0]), *key[1:])
+            total = days.get(day_key)
+            if total is None:
+                days[day_key] = list(sums)
+            else:
+                for i, value in enumerate(sums):
+                    total[i] += value
+        return [(*key, *sums) for key, sums in sorted(days.items(), key=lambda item: _sort_key(item[0]))]
+
 
 def _sort_key(key: Key) -> tuple[Any, ...]:
     return (key[0].isoformat(), *key[1:])
 
 
-def _upsert_sql(count: int) -> str:
-    table = CostRollup._meta.db_table
-    columns = [*ROLLUP_KEY, *ROLLUP_SUMS]
+def day_of(moment: datetime) -> datetime:
+    """The start of the calendar day (in ``TIME_ZONE``) containing ``moment``."""
+    return timezone.localtime(moment).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+DAY_KEY = ("day", *ROLLUP_KEY[1:])
+
+
+def _upsert_sql(table: str, key: tuple[str, ...], count: int) -> str:
+    columns = [*key, *ROLLUP_SUMS]
     placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
     updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholders] * count)} "
-        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {updates}"
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
     )
 
 
-def upsert(rows: list[tuple[Any, ...]]) -> None:
-    """Add ``rows`` (key + sums, sorted by key) to the rollups."""
+def _upsert_into(table: str, key: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     adapt = connection.ops.adapt_datetimefield_value  # (SQLite compares the text the ORM writes)
     with connection.cursor() as cursor:
         for start in range(0, len(rows), CHUNK_ROWS):
@@ -216,7 +236,14 @@ def upsert(rows: list[tuple[Any, ...]]) -> None:
             for row in chunk:
                 params.append(adapt(row[0]))
                 params.extend(row[1:])
-            cursor.execute(_upsert_sql(len(chunk)), params)
+            cursor.execute(_upsert_sql(table, key, len(chunk)), params)
+
+
+def upsert(accumulator: Accumulator, *, days: bool = True) -> None:
+    """Add the accumulated sums to the hourly rollups and (unless told not to) the daily ones."""
+    _upsert_into(CostRollup._meta.db_table, ROLLUP_KEY, accumulator.rows())
+    if days:
+        _upsert_into(CostRollupDay._meta.db_table, DAY_KEY, accumulator.day_rows())
 
 
 # --- At ingest --------------------------------------------------------------------------------
@@ -238,7 +265,7 @@ def on_spans_stored(sender: Any, *, team: Any, rows: list[dict[str, Any]], now: 
             costly = True
             if row.get("scope_name") != budgets.RUNTIME_SCOPE:
                 charges.append((row, dims))  # the runtime's steps were charged as they ended
-    upsert(accumulator.rows())
+    upsert(accumulator)
     if costly:
         live.publish({"type": "finops.cost", "team": team.pk}, team_id=team.pk, coalesce=f"finops.cost:{team.pk}")
     if charges:
@@ -366,7 +393,9 @@ def _lock_rollups() -> None:
     spans it stores meanwhile are either read by the rebuild or added by it afterwards)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(f"LOCK TABLE {CostRollup._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
+            cursor.execute(
+                f"LOCK TABLE {CostRollup._meta.db_table}, {CostRollupDay._meta.db_table} IN SHARE ROW EXCLUSIVE MODE"
+            )
 
 
 def rebuild(*, since: datetime, until: datetime, team_ids: Iterable[int] | None = None) -> int:
@@ -400,18 +429,71 @@ def rebuild(*, since: datetime, until: datetime, team_ids: Iterable[int] | None 
             for row in rows:
                 accumulator.add(row, row["team_id"], keys, agents.get((row["team_id"], row["trace_id"])))
                 read += 1
-            upsert(accumulator.rows())
+            upsert(accumulator, days=False)
+    for day in sorted({day_of(hour) for hour in hours(since, until)}):
+        rebuild_day(day, team_ids=teams)
     return read
+
+
+def days_from_hours(*, team_ids: list[int] | None = None) -> int:
+    """Write the daily rollups afresh from the hourly ones (for hourly rows written by other
+    means than ingest: data loaded in bulk, benchmarks, fixtures); returns the rows written."""
+    hourly = CostRollup.objects.all()
+    daily = CostRollupDay.objects.all()
+    if team_ids is not None:
+        hourly, daily = hourly.filter(team_id__in=team_ids), daily.filter(team_id__in=team_ids)
+    dims = ROLLUP_KEY[1:]
+    grouped = (
+        hourly.annotate(day_start=Trunc("hour", "day", tzinfo=timezone.get_current_timezone()))
+        .values("day_start", *dims)
+        .annotate(**{f"sum_{c}": Sum(c) for c in ROLLUP_SUMS})
+        .order_by()
+    )
+    rows = sorted(
+        ((day_of(r["day_start"]), *(r[d] for d in dims), *(r[f"sum_{c}"] for c in ROLLUP_SUMS)) for r in grouped),
+        key=lambda row: _sort_key(row[: len(ROLLUP_KEY)]),
+    )
+    with transaction.atomic():
+        _lock_rollups()
+        daily.delete()
+        _upsert_into(CostRollupDay._meta.db_table, DAY_KEY, rows)
+    return len(rows)
+
+
+def rebuild_day(day: datetime, *, team_ids: list[int] | None = None) -> None:
+    """Recompute one day's daily rollups from its hourly ones."""
+    end = day_of(day + timedelta(hours=36))
+    dims = ", ".join(ROLLUP_KEY[1:])
+    sums = ", ".join(f"SUM({c})" for c in ROLLUP_SUMS)
+    team_filter = f" AND team_id IN ({', '.join(['%s'] * len(team_ids))})" if team_ids else ""
+    adapt = connection.ops.adapt_datetimefield_value
+    with transaction.atomic():
+        _lock_rollups()
+        days = CostRollupDay.objects.filter(day=day)
+        if team_ids is not None:
+            days = days.filter(team_id__in=team_ids)
+        days.delete()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {CostRollupDay._meta.db_table} (day, {dims}, {', '.join(ROLLUP_SUMS)}) "
+                f"SELECT %s, {dims}, {sums} FROM {CostRollup._meta.db_table} "
+                f"WHERE hour >= %s AND hour < %s{team_filter} GROUP BY {dims}",
+                [adapt(day), adapt(day), adapt(end), *(team_ids or [])],
+            )
 
 
 @dataclass(frozen=True)
 class Difference:
+    """An hour whose rollups differ from its spans (``what="hour"``), or a day whose daily
+    rollups differ from its hourly ones (``what="day"``: "span" columns are the hourly sums)."""
+
     hour: datetime
     team_id: int
     span_cost: Decimal
     rollup_cost: Decimal
     span_count: int
     rollup_count: int
+    what: str = "hour"
 
     @property
     def cost_delta(self) -> Decimal:
@@ -421,8 +503,9 @@ class Difference:
 def reconcile(
     *, since: datetime, until: datetime, team_ids: Iterable[int] | None = None
 ) -> tuple[int, list[Difference]]:
-    """Compare, per hour and team, the rollups' cost and span count with the spans' own; returns
-    (groups compared, differences). Cost is compared to the cent's ten-thousandth (6 places)."""
+    """Compare, per hour and team, the rollups' cost and span count with the spans' own, and per
+    day and team the daily rollups with the hourly ones; returns (groups compared, differences).
+    Cost is compared to six places."""
     from traces.models import Span
 
     start, end = hour_of(since), until
@@ -442,12 +525,41 @@ def reconcile(
         (hour_of(row["hour"]), row["team_id"]): (row["cost"] or ZERO, row["n"])
         for row in rollups.values("hour", "team_id").annotate(cost=Sum("cost"), n=Sum("spans"))
     }
+    differences = _differences(from_spans, from_rollups, "hour")
+    compared = len(set(from_spans) | set(from_rollups))
+    # The daily rows of the days the range touches equal the hourly rows they fold.
+    first, last = day_of(start), day_of(end - timedelta(microseconds=1)) if end > start else day_of(start)
+    day_end = day_of(last + timedelta(hours=36))
+    hourly = CostRollup.objects.filter(hour__gte=first, hour__lt=day_end)
+    daily = CostRollupDay.objects.filter(day__gte=first, day__lt=day_end)
+    if team_ids is not None:
+        hourly, daily = hourly.filter(team_id__in=teams), daily.filter(team_id__in=teams)
+    tz = timezone.get_current_timezone()
+    from_hours = {
+        (day_of(row["bucket"]), row["team_id"]): (row["cost"] or ZERO, row["n"])
+        for row in hourly.annotate(bucket=Trunc("hour", "day", tzinfo=tz))
+        .values("bucket", "team_id")
+        .annotate(cost=Sum("cost"), n=Sum("spans"))
+    }
+    from_days = {
+        (day_of(row["day"]), row["team_id"]): (row["cost"] or ZERO, row["n"])
+        for row in daily.values("day", "team_id").annotate(cost=Sum("cost"), n=Sum("spans"))
+    }
+    differences += _differences(from_hours, from_days, "day")
+    return compared + len(set(from_hours) | set(from_days)), differences
+
+
+def _differences(
+    expected: dict[tuple[datetime, int], tuple[Any, Any]],
+    found: dict[tuple[datetime, int], tuple[Any, Any]],
+    what: str,
+) -> list[Difference]:
     places = Decimal("0.000001")
     differences = []
-    for key in sorted(set(from_spans) | set(from_rollups)):
-        span_cost, span_n = from_spans.get(key, (ZERO, 0))
-        rollup_cost, rollup_n = from_rollups.get(key, (ZERO, 0))
-        span_cost, rollup_cost = Decimal(span_cost).quantize(places), Decimal(rollup_cost).quantize(places)
-        if span_cost != rollup_cost or span_n != rollup_n:
-            differences.append(Difference(key[0], key[1], span_cost, rollup_cost, span_n, int(rollup_n)))
-    return len(set(from_spans) | set(from_rollups)), differences
+    for key in sorted(set(expected) | set(found)):
+        want_cost, want_n = expected.get(key, (ZERO, 0))
+        got_cost, got_n = found.get(key, (ZERO, 0))
+        want_cost, got_cost = Decimal(want_cost).quantize(places), Decimal(got_cost).quantize(places)
+        if want_cost != got_cost or int(want_n) != int(got_n):
+            differences.append(Difference(key[0], key[1], want_cost, got_cost, int(want_n), int(got_n), what))
+    return differences

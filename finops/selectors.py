@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
-from django.db.models import Count, DateTimeField, Max, Q, QuerySet, Sum
+from django.db.models import Count, DateTimeField, Max, Model, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 from django.http import Http404
 from django.utils import timezone
@@ -51,10 +51,11 @@ from finops.models import (
     BudgetScope,
     BudgetSpend,
     CostRollup,
+    CostRollupDay,
     Forecast,
     period_bounds,
 )
-from finops.rollups import hour_of
+from finops.rollups import day_of, hour_of
 from fleet.models import FINAL_RUN_STATUSES, Agent, Run, RunStatus, Step, StepKind, StepStatus
 
 Dimension = Literal["team", "agent", "agent_version", "workflow", "model", "provider", "tag"]
@@ -254,11 +255,38 @@ def _version_q(keys: Iterable[str]) -> Q:
 
 
 def rollups_for(user: Any, filters: CostFilter | None) -> QuerySet[CostRollup]:
-    """The rollup rows ``user`` may see, narrowed by ``filters`` (the base of every figure)."""
+    """The hourly rollup rows ``user`` may see, narrowed by ``filters``."""
     rows = access.scope_to_principal(CostRollup.objects.all(), user, TeamPerm.VIEW_COSTS)
     if filters is None:
         return rows
-    rows = rows.filter(hour__gte=hour_of(filters.since), hour__lt=filters.until)
+    return _narrowed(rows.filter(hour__gte=hour_of(filters.since), hour__lt=filters.until), filters)
+
+
+Part = tuple[QuerySet[Any], str]  # rollup rows, and the name of their time column
+
+
+def rollup_parts(user: Any, filters: CostFilter) -> list[Part]:
+    """The rollups of ``filters``' range as few rows as possible: its whole days (in
+    ``TIME_ZONE``) from the daily table, the hours before the first and after the last midnight
+    from the hourly one. Sums over the parts equal sums over the hourly rows alone."""
+    start, end = hour_of(filters.since), filters.until
+    first = day_of(start)
+    if first < start:
+        first = day_of(first + timedelta(hours=36))
+    last = day_of(end)
+    if last <= first:
+        return [(rollups_for(user, filters), "hour")]
+    hourly = access.scope_to_principal(CostRollup.objects.all(), user, TeamPerm.VIEW_COSTS)
+    daily = access.scope_to_principal(CostRollupDay.objects.all(), user, TeamPerm.VIEW_COSTS)
+    parts: list[Part] = [(_narrowed(daily.filter(day__gte=first, day__lt=last), filters), "day")]
+    if start < first:
+        parts.append((_narrowed(hourly.filter(hour__gte=start, hour__lt=first), filters), "hour"))
+    if last < end:
+        parts.append((_narrowed(hourly.filter(hour__gte=last, hour__lt=end), filters), "hour"))
+    return parts
+
+
+def _narrowed[M: Model](rows: QuerySet[M], filters: CostFilter) -> QuerySet[M]:
     if filters.teams:
         rows = rows.filter(team_id__in=filters.teams)
     if filters.agents:
@@ -347,11 +375,36 @@ class _Labels:
         return Group(value, value or empty[dimension])
 
 
-def _trunc(bucket: str) -> Trunc:
+def _trunc(bucket: str, field: str = "hour") -> Trunc:
     if bucket not in ("hour", "day", "week", "month"):
         raise ValueError(f"{bucket!r} is not a bucket (hour, day, week, month)")
     tz = UTC if bucket == "hour" else timezone.get_current_timezone()
-    return Trunc("hour", bucket, output_field=DateTimeField(), tzinfo=tz)
+    return Trunc(field, bucket, output_field=DateTimeField(), tzinfo=tz)
+
+
+def _bucketed(
+    user: Any, filters: CostFilter, bucket: str, fields: Iterable[str], sums: Iterable[str]
+) -> list[dict[str, Any]]:
+    """Sums per ``bucket`` and combination of ``fields``, over the parts of the range (hourly
+    buckets from the hourly rows alone)."""
+    parts = [(rollups_for(user, filters), "hour")] if bucket == "hour" else rollup_parts(user, filters)
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rows, time_field in parts:
+        found = (
+            rows.annotate(bucket=_trunc(bucket, time_field))
+            .values("bucket", *fields)
+            .annotate(**{name: Sum(name) for name in sums})
+            .order_by()
+        )
+        for row in found:
+            key = (row["bucket"], *(row[f] for f in fields))
+            into = merged.get(key)
+            if into is None:
+                merged[key] = dict(row)
+                continue
+            for name in sums:
+                into[name] = (into[name] or 0) + (row[name] or 0)
+    return sorted(merged.values(), key=lambda r: r["bucket"])
 
 
 def _period_label(moment: datetime, bucket: str) -> str:
@@ -415,7 +468,7 @@ def today_vs_yesterday(
 
 def total_cost(user: Any, *, filters: CostFilter) -> Decimal:
     """The total the dashboard headline shows for ``filters`` (what the CSV must add up to)."""
-    return _money(rollups_for(user, filters).aggregate(c=Sum("cost"))["c"])
+    return _money(sum((rows.aggregate(c=Sum("cost"))["c"] or ZERO for rows, _ in rollup_parts(user, filters)), ZERO))
 
 
 # --- Breakdowns -------------------------------------------------------------------------------
@@ -442,11 +495,23 @@ SUMS = (
 DIMENSION_FIELDS = ("team_id", "agent_id", "agent_key", "workflow", "model", "provider", "tag")
 
 
-def _group_rows(rows: QuerySet[CostRollup], fields: Iterable[str]) -> list[dict[str, Any]]:
-    """Sums of ``rows`` per combination of ``fields``, with the latest hour seen (``last_hour``)."""
-    found = rows.values(*fields).annotate(**{name: Sum(name) for name in SUMS}, last_hour=Max("hour")).order_by()
+def _group_rows(rows: QuerySet[Any], fields: Iterable[str], time_field: str = "hour") -> list[dict[str, Any]]:
+    """Sums of ``rows`` per combination of ``fields``, with the latest hour seen (``last_hour``;
+    from the daily table, the start of the latest day)."""
+    found = rows.values(*fields).annotate(**{name: Sum(name) for name in SUMS}, last_hour=Max(time_field)).order_by()
     # (a group whose spans all moved to their trace's agent keeps a row of zeros: not a group)
     return [r for r in found if r["spans"] or r["cost"]]
+
+
+def _group_parts(
+    user: Any, filters: CostFilter, fields: Iterable[str], *, with_model: bool = False
+) -> list[dict[str, Any]]:
+    """``_group_rows`` over the parts of the range (whole days from the daily rollups), merged."""
+    fields = tuple(fields)
+    rows: list[dict[str, Any]] = []
+    for part, time_field in rollup_parts(user, filters):
+        rows += _group_rows(part.exclude(model="") if with_model else part, fields, time_field)
+    return _merge(rows, fields)
 
 
 def _merge(rows: Iterable[dict[str, Any]], fields: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -469,7 +534,7 @@ def _merge(rows: Iterable[dict[str, Any]], fields: tuple[str, ...]) -> list[dict
 
 
 def _grouped(user: Any, filters: CostFilter, dimension: str) -> list[dict[str, Any]]:
-    return _group_rows(rollups_for(user, filters), _check_dimension(dimension))
+    return _group_parts(user, filters, _check_dimension(dimension))
 
 
 def _labels_for(rows: Iterable[dict[str, Any]]) -> _Labels:
@@ -573,15 +638,7 @@ def cost_over_time(
     """Cost per bucket per group (stacked charts); groups beyond the ``top`` costliest are
     folded into one ``Group("other", "Other")``."""
     fields = _check_dimension(group_by)
-    rows = list(
-        rollups_for(user, filters)
-        .annotate(bucket=_trunc(bucket))
-        .values("bucket", *fields)
-        .annotate(
-            cost=Sum("cost"), input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), spans=Sum("spans")
-        )
-        .order_by("bucket")
-    )
+    rows = _bucketed(user, filters, bucket, fields, ("cost", "input_tokens", "output_tokens", "spans"))
     labels = _Labels()
     if group_by in ("agent", "agent_version"):
         labels.load_agents(r["agent_id"] for r in rows)
@@ -621,7 +678,7 @@ def dimension_values(user: Any, *, filters: CostFilter, dimension: Dimension) ->
 
 
 def tokens_by_model(user: Any, *, filters: CostFilter) -> list[ModelTokens]:
-    return _tokens(_group_rows(rollups_for(user, filters).exclude(model=""), ("provider", "model")))
+    return _tokens(_group_parts(user, filters, ("provider", "model"), with_model=True))
 
 
 def waste(user: Any, *, filters: CostFilter, dimension: Dimension = "agent") -> list[WasteRow]:
@@ -638,7 +695,7 @@ def unpriced_models(user: Any, *, filters: CostFilter | None = None) -> list[Unp
     if filters is None:
         now = timezone.now()
         filters = CostFilter(since=now - timedelta(days=30), until=now + timedelta(hours=1))
-    rows = _group_rows(rollups_for(user, filters).exclude(model=""), ("provider", "model", "team_id"))
+    rows = _group_parts(user, filters, ("provider", "model", "team_id"), with_model=True)
     return _unpriced(rows, _Labels())
 
 
@@ -655,19 +712,7 @@ def chargeback(
         for name in _check_dimension(dimension):
             if name not in fields:
                 fields.append(name)
-    rows = list(
-        rollups_for(user, filters)
-        .annotate(bucket=_trunc(bucket))
-        .values("bucket", *fields)
-        .annotate(
-            cost=Sum("cost"),
-            input_tokens=Sum("input_tokens"),
-            output_tokens=Sum("output_tokens"),
-            spans=Sum("spans"),
-            unpriced=Sum("unpriced"),
-        )
-        .order_by("bucket")
-    )
+    rows = _bucketed(user, filters, bucket, fields, ("cost", "input_tokens", "output_tokens", "spans", "unpriced"))
     labels = _Labels()
     if "agent_id" in fields:
         labels.load_agents(r["agent_id"] for r in rows)
@@ -881,7 +926,7 @@ def overview(
     dimension (a few hundred rows, whatever the range), the rollups per bucket of the chart's
     grouping, and the runs per agent and bucket."""
     fields = (*DIMENSION_FIELDS, "agent_version") if "agent_version" in (group_by, waste_by) else DIMENSION_FIELDS
-    rows = _hashed(lambda: _group_rows(rollups_for(user, filters), fields))
+    rows = _hashed(lambda: _group_parts(user, filters, fields))
     runs = _run_rows(user, filters, run_bucket or bucket)
     labels = _labels_for(rows)
     return Overview(

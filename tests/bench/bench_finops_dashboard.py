@@ -117,6 +117,11 @@ def _fill(now: datetime) -> list[str]:
     rollups = CostRollup.objects.filter(team__in=teams)
     have = rollups.count()
     if have and Run.objects.filter(team__in=teams).count() == RUNS:
+        from finops.models import CostRollupDay
+        from finops.rollups import days_from_hours
+
+        if not CostRollupDay.objects.filter(team__in=teams).exists():
+            days_from_hours(team_ids=[t.pk for t in teams])
         return [f"reusing {have:,} rollup rows and {RUNS:,} runs of {TEAMS} teams"]
     rollups.delete()
     Run.objects.filter(team__in=teams).delete()
@@ -139,11 +144,15 @@ def _fill(now: datetime) -> list[str]:
                 CostRollup.objects.bulk_create(batch)
                 batch = []
         CostRollup.objects.bulk_create(batch)
+    from finops.rollups import days_from_hours
+
+    days_from_hours(team_ids=[t.pk for t in teams])  # the daily rows ingest keeps beside the hourly ones
     filled = time.perf_counter() - started
     _fill_runs(agents, now)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {CostRollup._meta.db_table}")
+            cursor.execute("ANALYZE finops_costrollupday")
             cursor.execute(f"ANALYZE {Run._meta.db_table}")
     return [f"wrote {count:,} rollup rows in {filled:.1f} s and {RUNS:,} runs ({time.perf_counter() - started:.1f} s)"]
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from cockpit.audit import Actor
 from cockpit.models import Team
+from finops import rollups
 from finops.models import CostRollup
 from finops.rollups import hour_of
 from fleet.models import Agent, AgentKind, Run, RunKind, RunStatus
@@ -47,7 +48,7 @@ def rollup(
     retry_cost: str | Decimal = "0",
     **extra: Any,
 ) -> CostRollup:
-    return CostRollup.objects.create(
+    row = CostRollup.objects.create(
         hour=hour_of(at or timezone.now()),
         team=team,
         agent_id=agent.pk if agent else 0,
@@ -70,6 +71,8 @@ def rollup(
         retry_cost=Decimal(retry_cost),
         **extra,
     )
+    rollups.rebuild_day(rollups.day_of(row.hour), team_ids=[team.pk])  # the daily rows, as ingest keeps them
+    return row
 
 
 def run(

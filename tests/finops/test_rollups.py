@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cockpit.models import AuditEvent
-from finops.models import CostRollup, PriceOverride
+from finops.models import CostRollup, CostRollupDay, PriceOverride
 from finops.rollups import reconcile
 from finops.services import price_override_save
 from tests.finops.conftest import SYSTEM, T, span_row, write
@@ -66,6 +66,7 @@ def test_rollups_equal_the_sum_of_span_costs(team, batches) -> None:  # noqa: AN
     Span.objects.all().delete()
     Trace.objects.all().delete()
     CostRollup.objects.all().delete()
+    CostRollupDay.objects.all().delete()
     for batch in batches:
         write(team, batch)
     span_total = Span.objects.aggregate(c=Sum("cost"))["c"] or Decimal(0)
@@ -84,15 +85,23 @@ def test_reconcile_command_passes_and_fails_with_a_table(team) -> None:  # noqa:
     write(team, [span_row(start=T), span_row(start=T + timedelta(hours=1))])
     out = StringIO()
     call_command("finops_reconcile", "--since", "2026-03-10", "--until", "2026-03-11", stdout=out)
-    assert "OK: rollups equal the spans in 2 team-hours" in out.getvalue()
+    # Two hours against their spans, one day against its hours.
+    assert "OK: rollups equal the spans in 3 team-hours and team-days" in out.getvalue()
     CostRollup.objects.filter(hour=T.replace(minute=0)).update(cost=Decimal("1.000000"))
     err = StringIO()
     with pytest.raises(SystemExit) as exit_info:
         call_command("finops_reconcile", "--since", "2026-03-10", "--until", "2026-03-11", stderr=err)
     assert exit_info.value.code == 1
     table = err.getvalue()
-    assert "2026-03-10 12:00" in table and "alpha" in table and "0.992500" in table
-    assert "MISMATCH: 1 of 2 team-hours differ" in table
+    assert "hour 2026-03-10 12:00Z" in table and "alpha" in table and "0.992500" in table
+    assert "day  2026-03-10" in table  # the day no longer equals its (tampered) hours either
+    assert "MISMATCH: 2 of 3 team-hours and team-days differ" in table
+    CostRollup.objects.filter(hour=T.replace(minute=0)).update(cost=Decimal("0.007500"))
+    CostRollupDay.objects.update(cost=Decimal("5"))
+    err = StringIO()
+    with pytest.raises(SystemExit):
+        call_command("finops_reconcile", "--since", "2026-03-10", "--until", "2026-03-11", stderr=err)
+    assert "MISMATCH: 1 of 3" in err.getvalue() and "day  2026-03-10" in err.getvalue()
 
 
 def test_reconcile_rejects_a_backwards_range() -> None:

@@ -176,3 +176,28 @@ def test_cost_per_successful_run_and_routing_insight(superuser, make_agent, star
 def test_unknown_dimensions_are_refused(superuser) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="dimension"):
         selectors.top_spenders(superuser, filters=RANGE, dimension="colour")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        (T - timedelta(days=3, hours=5), T + timedelta(days=2, hours=3)),  # whole days and ragged edges
+        (T - timedelta(hours=30), T + timedelta(hours=1)),  # one midnight inside
+        (T - timedelta(hours=2), T + timedelta(hours=2)),  # within a day: hourly rows only
+    ],
+)
+def test_whole_days_read_from_daily_rollups_add_up_as_the_hours_do(superuser, team, since, until) -> None:  # noqa: ANN001
+    from django.db.models import Sum
+
+    from finops.models import CostRollup
+
+    write(team, [span_row(start=T + timedelta(hours=h * 7), agent_key=f"bot-{h % 3}") for h in range(-14, 10)])
+    window = CostFilter(since=since, until=until)
+    uses_days = any(field == "day" for _, field in selectors.rollup_parts(superuser, window))
+    assert uses_days == (until - since > timedelta(days=2))
+    hourly = CostRollup.objects.filter(hour__gte=since.replace(minute=0), hour__lt=until)
+    expected = hourly.aggregate(c=Sum("cost"))["c"] or Decimal(0)
+    assert selectors.total_cost(superuser, filters=window) == expected
+    assert sum(p.cost for p in selectors.cost_over_time(superuser, filters=window, bucket="day")) == expected
+    assert sum(r.cost for r in selectors.chargeback(superuser, filters=window, dimensions=("agent",))) == expected
+    assert sum(s.cost for s in selectors.top_spenders(superuser, filters=window, dimension="agent")) == expected
