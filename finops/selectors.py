@@ -979,8 +979,7 @@ def _visible_budgets(user: Any) -> QuerySet[Budget]:
 
 def budgets_for_user(user: Any) -> list[BudgetStatus]:
     """Active budgets the user may see, with the current period's spend and alerts."""
-    now = timezone.now()
-    return [budget_status(b, now=now) for b in _visible_budgets(user).filter(active=True)]
+    return _statuses(list(_visible_budgets(user).filter(active=True)), timezone.now())
 
 
 def inactive_budgets_for_user(user: Any) -> list[Budget]:
@@ -989,31 +988,58 @@ def inactive_budgets_for_user(user: Any) -> list[Budget]:
 
 
 def budget_status(budget: Budget, *, now: datetime | None = None) -> BudgetStatus:
-    now = now or timezone.now()
-    if budget.period == BudgetPeriod.RUN:
-        top = (
-            BudgetSpend.objects.filter(budget=budget, updated_at__gte=now - timedelta(days=1))
-            .order_by("-spent")
-            .first()
+    return _statuses([budget], now or timezone.now())[0]
+
+
+def _statuses(budgets: list[Budget], now: datetime) -> list[BudgetStatus]:
+    """The statuses of ``budgets`` in a handful of queries, whatever their number."""
+    periods: dict[int, tuple[str, datetime | None, datetime | None]] = {}
+    for budget in budgets:
+        if budget.period == BudgetPeriod.RUN:
+            top = (
+                BudgetSpend.objects.filter(budget=budget, updated_at__gte=now - timedelta(days=1))
+                .order_by("-spent")
+                .values_list("period", flat=True)
+                .first()
+            )
+            periods[budget.pk] = (top or "", None, None)
+        else:
+            periods[budget.pk] = period_bounds(budget.period, now)
+    wanted = Q(pk__in=[])
+    for budget in budgets:
+        if periods[budget.pk][0]:
+            wanted |= Q(budget_id=budget.pk, period=periods[budget.pk][0])
+    spent = {(b, p): v for b, p, v in BudgetSpend.objects.filter(wanted).values_list("budget_id", "period", "spent")}
+    alerts: dict[tuple[int, str], list[BudgetAlert]] = {}
+    for alert in BudgetAlert.objects.filter(wanted).order_by("-created_at", "-id"):
+        alerts.setdefault((alert.budget_id, alert.period), []).append(alert)
+    month_starts: set[datetime] = set()
+    for budget in budgets:
+        start = periods[budget.pk][1]
+        if budget.period == BudgetPeriod.MONTH and start is not None:
+            month_starts.add(start)
+    team_ids = {b.team_id for b in budgets if b.team_id is not None}
+    forecasts_by_key: dict[tuple[int | None, int | None, datetime | None], Decimal] = {
+        (f.team_id, f.agent_id, f.period_start): f.projected_total
+        for f in Forecast.objects.filter(
+            team_id__in=team_ids, period=BudgetPeriod.MONTH, period_start__in=month_starts
         )
-        spent = top.spent if top else ZERO
-        period, start, end = (top.period if top else ""), None, None
-    else:
-        period, start, end = period_bounds(budget.period, now)
-        found_spend = BudgetSpend.objects.filter(budget=budget, period=period).values_list("spent", flat=True).first()
-        spent = found_spend or ZERO
-    forecast = None
-    if budget.period == BudgetPeriod.MONTH and budget.team is not None and start is not None:
-        scope = Q(agent=budget.agent) if budget.scope == BudgetScope.AGENT else Q(agent__isnull=True)
-        found = (
-            Forecast.objects.filter(scope, team=budget.team, period=BudgetPeriod.MONTH, period_start=start).first()
-            if budget.scope in (BudgetScope.TEAM, BudgetScope.AGENT)
-            else None
+    }
+    statuses = []
+    for budget in budgets:
+        period, start, end = periods[budget.pk]
+        amount = spent.get((budget.pk, period), ZERO) if period else ZERO
+        forecast = None
+        if budget.period == BudgetPeriod.MONTH and budget.scope in (BudgetScope.TEAM, BudgetScope.AGENT):
+            agent_id = budget.agent_id if budget.scope == BudgetScope.AGENT else None
+            forecast = forecasts_by_key.get((budget.team_id, agent_id, start))
+        percent = float(amount / budget.limit_usd * 100) if budget.limit_usd else 0.0
+        statuses.append(
+            BudgetStatus(
+                budget, period, start, end, _money(amount), percent, forecast, alerts.get((budget.pk, period), [])
+            )
         )
-        forecast = found.projected_total if found else None
-    alerts = list(budget.alerts.filter(period=period)) if period else []
-    percent = float(spent / budget.limit_usd * 100) if budget.limit_usd else 0.0
-    return BudgetStatus(budget, period, start, end, _money(spent), percent, forecast, alerts)
+    return statuses
 
 
 def get_budget_for_user(user: Any, pk: int, perm: str) -> Budget:
