@@ -23,7 +23,7 @@ def _setup():  # noqa: ANN202
     from fleet.models import Agent, AgentKind, AgentVersion, Run, RunKind, RunStatus
 
     actor = Actor.system("bench")
-    team, _ = Team.objects.get_or_create(slug="bench-finops", defaults={"name": "Bench FinOps"})
+    team, _ = Team.objects.get_or_create(slug="bench-budgets", defaults={"name": "Bench budgets"})
     agent, _ = Agent.objects.get_or_create(
         team=team,
         slug="bench-spender",
@@ -42,7 +42,7 @@ def _setup():  # noqa: ANN202
     budget_create(actor=actor, name="bench all", scope=BudgetScope.GLOBAL, limit_usd=big, action="alert")
     budget_create(actor=actor, name="bench run", scope=BudgetScope.TEAM, team=team, limit_usd=big, period="run")
     for n in range(OTHER_TEAMS):
-        other, _ = Team.objects.get_or_create(slug=f"bench-finops-{n}", defaults={"name": f"Bench FinOps {n}"})
+        other, _ = Team.objects.get_or_create(slug=f"bench-budgets-{n}", defaults={"name": f"Bench budgets {n}"})
         budget_create(actor=actor, name=f"bench other {n}", scope=BudgetScope.TEAM, team=other, limit_usd=big)
     run = Run.objects.create(team=team, agent=agent, version=version, kind=RunKind.MANAGED, status=RunStatus.RUNNING)
     return team, agent, Run.objects.select_related("agent", "team", "version").get(pk=run.pk)
@@ -158,7 +158,7 @@ def _ingest() -> Iterator[str]:
     from finops.rollups import on_spans_stored
     from traces import signals, store
 
-    team = Team.objects.get(slug="bench-finops")
+    team = Team.objects.get(slug="bench-budgets")
     batch_id = int(time.time() * 1000) % 2**31
     for size in (100, 500):
         results = {}
