@@ -11,11 +11,12 @@ the address of the dashboard narrowed to it in ``customdata``, so a click drills
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import plotly.graph_objects as go
+from django.utils import timezone
 
 from finops.selectors import AgentRunCost, Group, ModelTokens, Point
 
@@ -42,11 +43,21 @@ def _colour(rank: int, group: Group) -> str:
     return OTHER_COLOUR if group.key == "other" else PALETTE[rank % len(PALETTE)]
 
 
-def _figure(traces: list[dict[str, Any]], *, height: int, bucket: str | None = None, **layout: Any) -> dict[str, Any]:
+def _figure(
+    traces: list[dict[str, Any]],
+    *,
+    height: int,
+    bucket: str | None = None,
+    span: tuple[datetime, datetime] | None = None,
+    **layout: Any,
+) -> dict[str, Any]:
     """The figure as plotly.js takes it, validated by plotly's classes. An empty template keeps
-    plotly's default one (large) out of the page: colours and fonts come from finops.js."""
+    plotly's default one (large) out of the page: colours and fonts come from finops.js. A time
+    axis covers the whole period shown (``span``), data or not."""
     if bucket is not None:
         layout["xaxis"] = {"type": "date", "tickformat": TICK_FORMATS[bucket], "showgrid": False}
+        if span is not None:
+            layout["xaxis"]["range"] = _axis_range(span, bucket)
     figure = go.Figure(
         data=traces,
         layout={
@@ -61,20 +72,66 @@ def _figure(traces: list[dict[str, Any]], *, height: int, bucket: str | None = N
     return figure.to_plotly_json()
 
 
+HALF_BUCKET = {
+    "hour": timedelta(minutes=30),
+    "day": timedelta(hours=12),
+    "week": timedelta(days=3.5),
+    "month": timedelta(days=15),
+}
+
+
+def _bucket_start(moment: datetime, bucket: str) -> datetime:
+    local = timezone.localtime(moment)
+    if bucket == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if bucket == "week":
+        return day - timedelta(days=day.weekday())
+    if bucket == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _axis_range(span: tuple[datetime, datetime], bucket: str) -> list[str]:
+    """From half a bucket before the first bucket to half one after the last (bars are centred
+    on their bucket's start)."""
+    first = _bucket_start(span[0], bucket) - HALF_BUCKET[bucket]
+    last = _bucket_start(span[1] - timedelta(microseconds=1), bucket) + HALF_BUCKET[bucket]
+    return [_plot_time(first), _plot_time(last)]
+
+
+def _money_format(peak: float) -> str:
+    """Enough decimals for the axis to tell its ticks apart: "$1,200", "$0.25", "$0.0012"."""
+    if peak >= 10:
+        return ",.0f"
+    if peak >= 0.1:
+        return ",.2f"
+    if peak >= 0.001:
+        return ",.4~f"
+    return ",.6~f"
+
+
 def cost_over_time(
-    points: Sequence[Point], *, bucket: str, drill: Callable[[Group], str], height: int = 340
+    points: Sequence[Point],
+    *,
+    bucket: str,
+    drill: Callable[[Group], str],
+    span: tuple[datetime, datetime] | None = None,
+    height: int = 340,
 ) -> dict[str, Any]:
     """Stacked bars: cost per bucket, one colour per group (the costliest at the bottom)."""
     by_group: dict[Group, list[Point]] = {}
     totals: dict[Group, Decimal] = {}
+    stacks: dict[datetime, Decimal] = {}
     for point in points:
         by_group.setdefault(point.group, []).append(point)
         totals[point.group] = totals.get(point.group, Decimal(0)) + point.cost
+        stacks[point.bucket] = stacks.get(point.bucket, Decimal(0)) + point.cost
     order = sorted(totals, key=lambda g: (g.key == "other", -totals[g], g.label))
     times = _plot_times(p.bucket for p in points)
     hover = (
         f"<b>%{{fullData.name}}</b><br>%{{x|{HOVER_PERIODS[bucket]}}}<br>"
-        "$%{y:,.2f} · %{customdata[1]:,} spans<extra></extra>"
+        "$%{y:,.4~f} · %{customdata[1]:,} spans<extra></extra>"
     )
     traces = []
     for rank, group in enumerate(order):
@@ -91,17 +148,21 @@ def cost_over_time(
                 "hovertemplate": hover,
             }
         )
+    peak = float(max(stacks.values(), default=Decimal(0)))
     return _figure(
         traces,
         height=height,
         bucket=bucket,
+        span=span,
         barmode="stack",
         bargap=0.25,
-        yaxis={"tickprefix": "$", "tickformat": ",.2~f", "rangemode": "tozero"},
+        yaxis={"tickprefix": "$", "tickformat": _money_format(peak), "rangemode": "tozero"},
     )
 
 
-def cost_per_success_trend(agents: Sequence[AgentRunCost], *, bucket: str, limit: int = 6) -> dict[str, Any]:
+def cost_per_success_trend(
+    agents: Sequence[AgentRunCost], *, bucket: str, span: tuple[datetime, datetime] | None = None, limit: int = 6
+) -> dict[str, Any]:
     """Lines: what one successful run of each of the costliest agents cost, per bucket."""
     times = _plot_times(p.bucket for agent in agents[:limit] for p in agent.trend)
     hover = (
@@ -124,8 +185,13 @@ def cost_per_success_trend(agents: Sequence[AgentRunCost], *, bucket: str, limit
                 "hovertemplate": hover,
             }
         )
+    peak = max((p.cost_per_success or Decimal(0) for a in agents[:limit] for p in a.trend), default=Decimal(0))
     return _figure(
-        traces, height=260, bucket=bucket, yaxis={"tickprefix": "$", "tickformat": ",.3~f", "rangemode": "tozero"}
+        traces,
+        height=260,
+        bucket=bucket,
+        span=span,
+        yaxis={"tickprefix": "$", "tickformat": _money_format(float(peak)), "rangemode": "tozero"},
     )
 
 
@@ -160,9 +226,11 @@ def tokens_by_model(models: Sequence[ModelTokens], *, limit: int = 10) -> dict[s
     )
 
 
-def _plot_times(moments: Iterable[datetime]) -> dict[datetime, str]:
-    """Local wall times without offset (plotly draws a date axis in the string's own time),
-    each bucket formatted once."""
-    from django.utils import timezone
+def _plot_time(moment: datetime) -> str:
+    """Local wall time without offset: plotly draws a date axis in the string's own time."""
+    return timezone.localtime(moment).isoformat(sep=" ", timespec="minutes")[:16]
 
-    return {m: timezone.localtime(m).isoformat(sep=" ", timespec="minutes")[:16] for m in set(moments)}
+
+def _plot_times(moments: Iterable[datetime]) -> dict[datetime, str]:
+    """Each bucket formatted once."""
+    return {m: _plot_time(m) for m in set(moments)}

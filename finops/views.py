@@ -134,12 +134,30 @@ class Links:
         traces_url = f"{reverse('traces')}?{traces.urlencode()}" if can_list else ""
         return runs_url, traces_url
 
+    @property
+    def listable(self) -> bool:
+        """Whether the runs and traces lists can narrow as the page does (they know teams,
+        agents and models, not workflows, providers, tags or versions)."""
+        return not set(self.given) - {"team", "agent", "model"}
+
     def behind(self) -> Drill:
-        """The runs and traces behind the whole page (the filters the lists understand)."""
+        """The runs and traces behind the whole page."""
+        if not self.listable:
+            return Drill(self.dashboard())
         runs, traces = self._lists(None, self.given.get("agent"), self.given.get("model"))
-        if set(self.given) - {"team", "agent", "model"}:
-            runs = ""  # the runs list cannot narrow by workflow, provider, tag or version
         return Drill(self.dashboard(), runs, traces)
+
+    def traces_since(self, moment: datetime) -> str:
+        """The traces of what the page shows that started after ``moment`` (burn rate, today)."""
+        if not self.listable:
+            return ""
+        _, traces = self._lists(None, self.given.get("agent"), self.given.get("model"))
+        if not traces:
+            return ""
+        query = QueryDict(traces.partition("?")[2], mutable=True)
+        query["since"] = _local_minute(moment)
+        query.pop("until", None)
+        return f"{reverse('traces')}?{query.urlencode()}"
 
     def group(self, dimension: str, group: Group) -> Drill:
         if group.key == "other":
@@ -210,10 +228,9 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "exports": [(key, label, links.csv(*by, bucket=bucket)) for key, label, by, bucket in EXPORTS],
         "behind": links.behind(),
     }
-    user_filters = (user, filters)
     target = request.htmx.target if request.htmx else None
     if target == "finops-burn":
-        return render(request, "finops/dashboard.html#burn", {**context, **_burn(*user_filters)})
+        return render(request, "finops/dashboard.html#burn", {**context, **_burn(user, filters, links)})
     if target == "finops-alerts":
         alerts = _recent_alerts(selectors.budgets_for_user(user))
         return render(request, "finops/dashboard.html#alerts", {**context, "recent_alerts": alerts})
@@ -226,7 +243,7 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     budgets = sorted(selectors.budgets_for_user(user), key=lambda s: -s.percent)
     page = {
         **context,
-        **_burn(*user_filters),
+        **_burn(user, filters, links),
         "budgets": budgets,
         "recent_alerts": _recent_alerts(budgets),
         **_breakdown(figures.points, figures.spenders, links, window, group_by),
@@ -259,10 +276,14 @@ def _chips(given: dict[str, str], values: dict[str, list[Group]], teams: list[Te
     return chips
 
 
-def _burn(user: Any, filters: CostFilter) -> dict[str, Any]:
+def _burn(user: Any, filters: CostFilter, links: Links) -> dict[str, Any]:
+    burn = selectors.burn_rate(user, filters=filters)
+    midnight = timezone.localtime(burn.as_of).replace(hour=0, minute=0, second=0, microsecond=0)
     return {
-        "burn": selectors.burn_rate(user, filters=filters),
-        "today": selectors.today_vs_yesterday(user, filters=filters),
+        "burn": burn,
+        "today": selectors.today_vs_yesterday(user, filters=filters, now=burn.as_of),
+        "burn_traces": links.traces_since(burn.as_of - timedelta(hours=1)),
+        "today_traces": links.traces_since(midnight),
     }
 
 
@@ -272,7 +293,10 @@ def _breakdown(
     return {
         "groupings": [(key, label, links.dashboard(group=key)) for key, label in GROUPINGS],
         "trend_figure": plots.cost_over_time(
-            points, bucket=window.bucket, drill=lambda g: links.group(group_by, g).href
+            points,
+            bucket=window.bucket,
+            span=(window.since, window.until),
+            drill=lambda g: links.group(group_by, g).href,
         )
         if points
         else None,
@@ -292,7 +316,9 @@ def _details(
         "unpriced": figures.unpriced,
         "unpriced_calls": sum(u.spans for u in figures.unpriced),
         "per_run": [Row(a, links.group("agent", Group(str(a.agent_id), a.agent))) for a in per_run[:12]],
-        "per_run_figure": plots.cost_per_success_trend(per_run, bucket=window.bucket)
+        "per_run_figure": plots.cost_per_success_trend(
+            per_run, bucket=window.bucket, span=(window.since, window.until)
+        )
         if any(p.cost_per_success is not None for a in per_run for p in a.trend)
         else None,
         "models": [Row(m, links.group("model", Group(m.model, m.model))) for m in figures.tokens],

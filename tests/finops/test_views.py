@@ -225,6 +225,16 @@ def test_numbers_lead_to_the_runs_and_traces_behind_them(client, admin_user, spe
     assert "Agent: Refund desk" in text(drilled)
 
 
+def test_no_link_leads_to_lists_that_cannot_narrow_as_the_page_does(client, admin_user, spend) -> None:
+    """The runs and traces lists know teams, agents and models; a page narrowed to a tag or a
+    workflow offers no link that would show more than its numbers count."""
+    client.force_login(admin_user)
+    response = client.get("/finops/?team=&tag=cockpit.cost_center%3Dclaims&group=agent")
+    assert response.context["behind"].runs == response.context["behind"].traces == ""
+    assert all(not r.drill.runs and not r.drill.traces for r in response.context["spenders"])
+    assert response.context["burn_traces"] == ""
+
+
 def test_models_lead_to_their_traces_not_to_runs(client, admin_user, spend) -> None:
     client.force_login(admin_user)
     response = client.get("/finops/?team=&group=model")
@@ -305,6 +315,9 @@ def test_the_burn_fragment_is_the_last_hour_of_spend(client, admin_user, team, s
     assert body.lstrip().startswith('<section id="finops-burn"') and "<html" not in body
     assert response.context["burn"].usd_per_hour == Decimal("5.000000")  # 3.00 + 4.00 × 0.5
     assert "$5.00" in text(response)
+    # The spans behind it, and behind today's figure.
+    assert response.context["burn_traces"] == "/traces/?team=alpha&since=2026-03-10T11%3A30"
+    assert response.context["today_traces"] == "/traces/?team=alpha&since=2026-03-10T00%3A00"
     # Its element re-fetches itself through this view (finops.js triggers it on traces.arrived).
     assert 'hx-trigger="finops:refresh, every 60s"' in body
     assert 'hx-get="/finops/?team=alpha"' in body
