@@ -740,10 +740,15 @@ def chargeback(
 FAILED_RUN_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
 
 
-def _run_rows(user: Any, filters: CostFilter, bucket: str | None) -> list[dict[str, Any]]:
-    """Runs started in the range, per agent (and ``bucket`` of their start): their cost and
-    count, how many succeeded, and what the failed and cancelled ones cost."""
+def _run_rows(
+    user: Any, filters: CostFilter, bucket: str | None, agent_ids: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Runs started in the range (of ``agent_ids`` only, if given), per agent (and ``bucket`` of
+    their start): their cost and count, how many succeeded, and what the failed and cancelled
+    ones cost."""
     runs = _runs_for(user, filters)
+    if agent_ids is not None:
+        runs = runs.filter(agent_id__in=agent_ids)
     keys = ["agent_id", "team_id"]
     if bucket is not None:
         if bucket not in ("hour", "day", "week", "month"):
@@ -778,23 +783,19 @@ def _failed_runs(rows: list[dict[str, Any]], dimension: str) -> dict[str, tuple[
     return found
 
 
-def _per_run(rows: list[dict[str, Any]]) -> list[AgentRunCost]:
-    trends: dict[int, list[RunCostPoint]] = {}
-    for r in rows:
-        cost = _money(r["spent"])
-        per = (cost / r["succeeded"]).quantize(PLACES) if r["succeeded"] else None
-        trends.setdefault(r["agent_id"], []).append(RunCostPoint(r["bucket"], cost, r["count"], r["succeeded"], per))
-    agents = {a.pk: a for a in Agent.objects.filter(pk__in=trends).select_related("team")}
+def _per_run(totals: list[dict[str, Any]]) -> list[AgentRunCost]:
+    """Per agent, from its rows of ``_run_rows`` (one per bucket, or one in all), costliest
+    first; the trends are ``_with_trends``' to add."""
+    sums: dict[int, list[Any]] = {}
+    for r in totals:
+        entry = sums.setdefault(r["agent_id"], [ZERO, 0, 0])
+        entry[0] += _money(r["spent"])
+        entry[1] += r["count"]
+        entry[2] += r["succeeded"]
+    agents = {a.pk: a for a in Agent.objects.filter(pk__in=sums).select_related("team")}
     result = []
-    for agent_id, trend in trends.items():
+    for agent_id, (cost, runs, succeeded) in sums.items():
         agent = agents.get(agent_id)
-        cost = sum((p.cost for p in trend), ZERO)
-        runs = sum(p.runs for p in trend)
-        succeeded = sum(p.succeeded for p in trend)
-        with_success = [p.cost_per_success for p in trend if p.cost_per_success is not None]
-        change = None
-        if len(with_success) >= 2 and with_success[-2]:
-            change = float(with_success[-1] / with_success[-2] - 1)
         result.append(
             AgentRunCost(
                 agent_id,
@@ -804,18 +805,55 @@ def _per_run(rows: list[dict[str, Any]]) -> list[AgentRunCost]:
                 runs,
                 succeeded,
                 (cost / succeeded).quantize(PLACES) if succeeded else None,
-                trend,
-                change,
+                [],
+                None,
             )
         )
     result.sort(key=lambda a: (-a.cost, a.agent, a.agent_id))
     return result
 
 
-def cost_per_successful_run(user: Any, *, filters: CostFilter, bucket: Bucket = "day") -> list[AgentRunCost]:
+def _with_trends(agents: list[AgentRunCost], rows: list[dict[str, Any]]) -> list[AgentRunCost]:
+    """``agents`` with their trend per bucket from ``rows`` (bucketed ``_run_rows``), and the
+    change of the cost per successful run between the last two buckets that had a success."""
+    trends: dict[int, list[RunCostPoint]] = {}
+    for r in rows:
+        cost = _money(r["spent"])
+        per = (cost / r["succeeded"]).quantize(PLACES) if r["succeeded"] else None
+        trends.setdefault(r["agent_id"], []).append(RunCostPoint(r["bucket"], cost, r["count"], r["succeeded"], per))
+    result = []
+    for agent in agents:
+        trend = trends.get(agent.agent_id, [])
+        with_success = [p.cost_per_success for p in trend if p.cost_per_success is not None]
+        change = None
+        if len(with_success) >= 2 and with_success[-2]:
+            change = float(with_success[-1] / with_success[-2] - 1)
+        result.append(replace(agent, trend=trend, change=change))
+    return result
+
+
+def _run_costs(
+    user: Any, filters: CostFilter, bucket: str, trend_agents: int | None
+) -> tuple[list[AgentRunCost], list[dict[str, Any]]]:
+    """Cost per successful run per agent (trends for the ``trend_agents`` costliest, or all),
+    and the runs' rows per agent. With many agents, the trends are read for a few only: the
+    bucketed read is the costly one."""
+    if trend_agents is None:
+        rows = _run_rows(user, filters, bucket)
+        return _with_trends(_per_run(rows), rows), rows
+    totals = _run_rows(user, filters, None)
+    ranked = _per_run(totals)
+    wanted = [a.agent_id for a in ranked[:trend_agents]] if len(ranked) > trend_agents else None
+    return _with_trends(ranked, _run_rows(user, filters, bucket, agent_ids=wanted)), totals
+
+
+def cost_per_successful_run(
+    user: Any, *, filters: CostFilter, bucket: Bucket = "day", trend_agents: int | None = None
+) -> list[AgentRunCost]:
     """Per agent: cost of its runs started in the range divided by those that succeeded, with
-    the trend per bucket (from ``fleet.Run``)."""
-    return _per_run(_run_rows(user, filters, bucket))
+    the trend per bucket (from ``fleet.Run``) — for every agent, or the ``trend_agents``
+    costliest (the others' trend is empty)."""
+    return _run_costs(user, filters, bucket, trend_agents)[0]
 
 
 def costliest_runs(user: Any, *, filters: CostFilter, limit: int = 20) -> list[Run]:
@@ -921,13 +959,14 @@ def overview(
     top: int = 8,
     limit: int = 10,
     waste_by: Dimension = "agent",
+    trend_agents: int | None = 12,
 ) -> Overview:
-    """The dashboard's figures from three reads: the rollups summed per combination of every
+    """The dashboard's figures from a few reads: the rollups summed per combination of every
     dimension (a few hundred rows, whatever the range), the rollups per bucket of the chart's
-    grouping, and the runs per agent and bucket."""
+    grouping, the runs per agent, and the runs per bucket of the ``trend_agents`` costliest."""
     fields = (*DIMENSION_FIELDS, "agent_version") if "agent_version" in (group_by, waste_by) else DIMENSION_FIELDS
     rows = _hashed(lambda: _group_parts(user, filters, fields))
-    runs = _run_rows(user, filters, run_bucket or bucket)
+    per_run, runs = _run_costs(user, filters, run_bucket or bucket, trend_agents)
     labels = _labels_for(rows)
     return Overview(
         total=_money(sum((r["cost"] for r in rows), ZERO)),
@@ -936,7 +975,7 @@ def overview(
         tokens=_tokens(rows),
         waste=_waste(rows, waste_by, labels, _failed_runs(runs, waste_by)),
         unpriced=_unpriced(rows, labels),
-        per_run=_per_run(runs),
+        per_run=per_run,
         values={d: _values(rows, d, labels) for d in ("team", "agent", "workflow", "model", "provider", "tag")},
     )
 

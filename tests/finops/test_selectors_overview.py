@@ -77,6 +77,14 @@ def test_overview_equals_the_single_selectors(seed, group_by, superuser, make_us
             assert got.waste == selectors.waste(user, filters=f, dimension="agent")
             assert got.unpriced == selectors.unpriced_models(user, filters=f)
             assert got.per_run == selectors.cost_per_successful_run(user, filters=f, bucket="day")
+            few = selectors.overview(user, filters=f, group_by=group_by, trend_agents=2).per_run
+            assert few == selectors.cost_per_successful_run(user, filters=f, trend_agents=2)
+            # Trends for the two costliest only; every agent's totals all the same.
+            assert [a.trend for a in few[:2]] == [a.trend for a in got.per_run[:2]]
+            assert all(a.trend == [] and a.change is None for a in few[2:])
+            assert [(a.agent_id, a.cost, a.runs, a.succeeded) for a in few] == [
+                (a.agent_id, a.cost, a.runs, a.succeeded) for a in got.per_run
+            ]
             for dimension in ("team", "agent", "workflow", "model", "provider", "tag"):
                 assert got.values[dimension] == selectors.dimension_values(user, filters=f, dimension=dimension)
     # Finance of Alpha: Alpha's figures only, and they are not nothing.
