@@ -17,16 +17,19 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.utils import timezone
 from genai_prices import Usage as GenaiUsage
 from genai_prices import data_snapshot
 from genai_prices.data_snapshot import find_provider_by_id
+from genai_prices.types import TieredPrices
 
 from fleet.providers.base import Usage
 
 COST_PLACES = Decimal("0.000001")
 MILLION = Decimal(1_000_000)
+MILLION_INT = 1_000_000
 OVERRIDE_CACHE_SECONDS = 10.0
 # OpenTelemetry's gen_ai.provider.name values genai-prices does not match on its own.
 PROVIDER_ALIASES = {
@@ -104,24 +107,89 @@ overrides = _Overrides()
 
 
 def _library_price(provider: str, model: str, usage: Usage, at: datetime) -> Decimal | None:
+    found = _library_match(provider, model)
+    if found is None:
+        return None
+    found_provider, found_model = found
+    cached = min(usage.cache_read_tokens, usage.input_tokens)
+    model_price = found_model.get_prices(at)
+    rates = _linear_rates(found_provider, found_model, model_price, at)
+    if (
+        rates is not None and cached + usage.cache_write_tokens <= usage.input_tokens
+    ):  # the same figure calc_price gives, for a fraction of its cost
+        fixed, per_input, per_output, per_cache_read, per_cache_write = rates
+        return (
+            fixed
+            + per_input * usage.input_tokens
+            + per_output * usage.output_tokens
+            + per_cache_read * cached
+            + per_cache_write * usage.cache_write_tokens
+        )
+    return _calc(found_provider, found_model, usage.input_tokens, usage.output_tokens, cached, usage, at)
+
+
+_matches: dict[tuple[int, str, str], tuple[Any, Any] | None] = {}
+_rates: dict[int, tuple[Any, tuple[Decimal, ...] | None]] = {}
+
+
+def _library_match(provider: str, model: str) -> tuple[Any, Any] | None:
+    """genai-prices' (provider, model) for these names, looked up once per process."""
     snapshot = data_snapshot.get_snapshot()
+    key = (id(snapshot), provider, model)
+    if key in _matches:
+        return _matches[key]
     provider_id: str | None = PROVIDER_ALIASES.get(provider, provider) or None
     if provider_id is not None and find_provider_by_id(snapshot.providers, provider_id) is None:
         provider_id = None  # a provider genai-prices does not know: match by the model alone
-    genai_usage = GenaiUsage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=min(usage.cache_read_tokens, usage.input_tokens),
-        cache_write_tokens=usage.cache_write_tokens,
-    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            found_provider, found_model = snapshot.find_provider_model(model, None, provider_id, None)
-            calculation = found_model.calc_price(genai_usage, found_provider, genai_request_timestamp=at)
+            found: tuple[Any, Any] | None = snapshot.find_provider_model(model, None, provider_id, None)
     except LookupError:
-        return None
+        found = None
+    if len(_matches) > 10_000:
+        _matches.clear()
+    _matches[key] = found
+    return found
+
+
+def _calc(
+    found_provider: Any, found_model: Any, input: int, output: int, cache_read: int, usage: Usage | None, at: datetime
+) -> Decimal:
+    genai_usage = GenaiUsage(
+        input_tokens=input,
+        output_tokens=output,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=usage.cache_write_tokens if usage is not None else 0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calculation = found_model.calc_price(genai_usage, found_provider, genai_request_timestamp=at)
     return Decimal(calculation.total_price)
+
+
+def _linear_rates(found_provider: Any, found_model: Any, model_price: Any, at: datetime) -> tuple[Decimal, ...] | None:
+    """Without token tiers a model's price is affine in its token counts: a fixed part and one
+    rate per kind of token, read once from calc_price itself. ``None`` when tiers apply."""
+    cached = _rates.get(id(model_price))
+    if cached is not None and cached[0] is model_price:
+        return cached[1]
+    rates: tuple[Decimal, ...] | None = None
+    if not any(isinstance(value, TieredPrices) for value in vars(model_price).values()):
+        try:
+            fixed = _calc(found_provider, found_model, 0, 0, 0, None, at)
+            per_input = (_calc(found_provider, found_model, MILLION_INT, 0, 0, None, at) - fixed) / MILLION
+            per_output = (_calc(found_provider, found_model, 0, MILLION_INT, 0, None, at) - fixed) / MILLION
+            with_cache = _calc(found_provider, found_model, MILLION_INT, 0, MILLION_INT, None, at)
+            per_cache_read = (with_cache - fixed) / MILLION - per_input
+            write = Usage(input_tokens=0, output_tokens=0, cache_write_tokens=MILLION_INT)
+            with_write = _calc(found_provider, found_model, MILLION_INT, 0, 0, write, at)
+            per_cache_write = (with_write - fixed) / MILLION - per_input
+            rates = (fixed, per_input, per_output, per_cache_read, per_cache_write)
+        except Exception:  # noqa: BLE001 - a price calc_price cannot split: use calc_price every time
+            rates = None
+    _rates[id(model_price)] = (model_price, rates)
+    return rates
 
 
 def price(*, provider: str, model: str, usage: Usage, at: datetime | None = None) -> Decimal | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -149,13 +150,14 @@ class RunBudgetGuard:
 
 
 class Pricer(Protocol):
-    def price(self, *, provider_system: str, model: str, usage: Usage) -> Decimal | None:
-        """The cost in USD, or ``None`` when the model has no known price (shown as unpriced)."""
+    def price(self, *, provider_system: str, model: str, usage: Usage, at: datetime | None = None) -> Decimal | None:
+        """The cost in USD of a call made at ``at`` (default: now), or ``None`` when the model
+        has no known price (shown as unpriced)."""
         ...
 
 
 class SimulatedPricer:
-    def price(self, *, provider_system: str, model: str, usage: Usage) -> Decimal | None:
+    def price(self, *, provider_system: str, model: str, usage: Usage, at: datetime | None = None) -> Decimal | None:
         if provider_system != "simulated":
             return None
         from fleet.providers.simulated import simulated_price

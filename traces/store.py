@@ -184,6 +184,7 @@ def _price(row: dict[str, Any]) -> Decimal | None:
             cache_read_tokens=row["cache_read_tokens"] or 0,
             reasoning_tokens=row["reasoning_tokens"] or 0,
         ),
+        at=row["start_time"],
     )
     return None if price is None else Decimal(price).quantize(COST_PLACES)
 

@@ -46,6 +46,45 @@ def test_cached_input_tokens_cost_less() -> None:
     assert prices.price(provider="openai", model="gpt-4o", usage=cached) == Decimal("0.006500")
 
 
+def test_every_model_is_priced_exactly_as_genai_prices_prices_it() -> None:
+    """Ingest prices most spans from per-model rates read once; they must give calc_price's
+    figure to the micro-dollar, for every model of the snapshot, tiers and cache writes included."""
+    import random
+    from datetime import UTC, datetime
+
+    from genai_prices import data_snapshot
+
+    rng = random.Random(7)
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    compared = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            found = prices._library_match(provider.id, model.id)
+            if found is None:
+                continue
+            for _ in range(2):
+                inp = rng.choice([0, rng.randint(1, 5_000), rng.randint(150_000, 400_000)])
+                read = rng.randint(0, inp)
+                usage = Usage(
+                    input_tokens=inp,
+                    output_tokens=rng.randint(0, 20_000),
+                    cache_read_tokens=read,
+                    cache_write_tokens=rng.randint(0, inp - read),
+                )
+                try:
+                    direct = prices._calc(found[0], found[1], inp, usage.output_tokens, read, usage, at)
+                except Exception:  # noqa: BLE001, S112 - genai-prices cannot price this usage at all
+                    continue
+                fast = prices._library_price(provider.id, model.id, usage, at)
+                assert fast is not None and fast.quantize(prices.COST_PLACES) == direct.quantize(prices.COST_PLACES), (
+                    provider.id,
+                    model.id,
+                    usage,
+                )
+                compared += 1
+    assert compared > 2000
+
+
 def test_opentelemetry_provider_names_are_matched() -> None:
     vertex = prices.price(provider="gcp.vertex_ai", model="gemini-1.5-pro", usage=USAGE)
     assert vertex is not None and vertex > 0
