@@ -364,8 +364,11 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
                 summary = aggregates[row["trace_id"]] = _Summary(row["start_time"], row["end_time"])
             summary.add(row)
         changed = []
+        watched = []  # traces that existed before this batch: someone may have them open
         for trace in summaries:
             if trace.trace_id in aggregates:
+                if trace.span_count:
+                    watched.append(trace)
                 aggregates[trace.trace_id].merge_into(trace, now)
                 changed.append(trace)
         if changed:
@@ -380,7 +383,7 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
                 team_id=team.pk,
                 coalesce=f"traces.arrived:{team.pk}",
             )
-            for trace in changed:
+            for trace in watched:
                 live.publish(
                     {"type": "trace.spans", "trace": trace.pk},
                     team_id=team.pk,

@@ -164,3 +164,27 @@ def test_an_agent_named_only_in_spans_of_another_trace_shape_is_discovered_once(
     post(client, ingest_key, otel.protobuf(capture.spans))
     assert list(DiscoveredAgent.objects.values_list("key", "span_count")) == [("researcher", 2)]
     assert not Agent.objects.exists()
+
+
+def test_a_trace_open_in_a_browser_hears_of_its_later_spans(client, ingest_key, team, monkeypatch) -> None:
+    """A trace's own live topic is told of spans arriving after its first batch (a page may show
+    it by then); the first batch only announces the arrival to the team."""
+    from cockpit import live
+
+    sent: list[tuple[str, list[str]]] = []
+    real = live.publish
+
+    def spy(event, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        sent.append((event["type"], list(kwargs.get("topics", ()))))
+        return real(event, **kwargs)
+
+    monkeypatch.setattr(live, "publish", spy)
+    capture = otel.Capture()
+    otel.genai_refund_trace(capture, agent="refunder")
+    first, rest = capture.spans[:2], capture.spans[2:]
+    post(client, ingest_key, otel.protobuf(first))
+    assert "traces.arrived" in [kind for kind, _ in sent]
+    assert "trace.spans" not in [kind for kind, _ in sent]
+    post(client, ingest_key, otel.protobuf(rest))
+    trace = Trace.objects.get()
+    assert ("trace.spans", [f"trace.{trace.pk}"]) in sent
