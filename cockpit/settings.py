@@ -370,3 +370,7 @@ COCKPIT_CALLBACK_SECRET = (
 COCKPIT_DEMO = env_bool("COCKPIT_DEMO", False)
 # Modules whose @agent and @tool functions are registered when the fleet app starts.
 COCKPIT_AGENT_MODULES = env_list("COCKPIT_AGENT_MODULES", ["fleet.demo_agents"])
+
+# FinOps: span or resource attributes whose values are cost tags (a dimension of rollups, budgets
+# and the chargeback export), comma-separated.
+COCKPIT_FINOPS_TAG_KEYS = tuple(env_list("COCKPIT_FINOPS_TAG_KEYS", ["cockpit.cost_center"]))
