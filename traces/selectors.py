@@ -35,7 +35,7 @@ from cockpit.models import Team
 from cockpit.roles import TeamPerm
 from fleet.models import Agent, RunEvent, RunStatus, Step, StepKind, StepStatus
 from fleet.templatetags.fleet_format import seconds
-from traces import conversation
+from traces import conversation, store
 from traces.models import Span, Trace
 from traces.semconv import SpanType
 
@@ -281,39 +281,9 @@ def trace_spans(trace: Trace) -> list[Span]:
     return list(_spans_of(trace).order_by("start_time", "id"))
 
 
-SPAN_VALUES = (
-    "span_id",
-    "parent_span_id",
-    "name",
-    "kind",
-    "span_type",
-    "start_time",
-    "end_time",
-    "duration_us",
-    "status_code",
-    "status_message",
-    "error_type",
-    "service_name",
-    "scope_name",
-    "agent_key",
-    "agent_name",
-    "agent_version",
-    "run_id",
-    "conversation_id",
-    "model",
-    "provider",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "reasoning_tokens",
-    "cost",
-    "tool_name",
-    "attributes",
-    "events",
-    "links",
-    "resource",
-    "truncated",
-)
+# What the read API gives of a span: every stored column but the ones the trace already says
+# (team, trace id) and internal ones.
+SPAN_VALUES = tuple(c for c in store.COLUMNS if c not in ("team_id", "trace_id", "agent_id", "received_at"))
 
 
 def trace_span_values(trace: Trace) -> list[dict[str, Any]]:
