@@ -72,6 +72,13 @@ def _figure(
     return figure.to_plotly_json()
 
 
+# Bars take three quarters of their bucket (a month counted as 30 days).
+BAR_WIDTH_MS = {
+    "hour": 0.75 * 3600_000,
+    "day": 0.75 * 86400_000,
+    "week": 0.75 * 7 * 86400_000,
+    "month": 0.75 * 30 * 86400_000,
+}
 HALF_BUCKET = {
     "hour": timedelta(minutes=30),
     "day": timedelta(hours=12),
@@ -144,6 +151,7 @@ def cost_over_time(
                 "x": [times[p.bucket] for p in mine],
                 "y": [float(p.cost) for p in mine],
                 "customdata": [[href, p.spans] for p in mine],
+                "width": BAR_WIDTH_MS[bucket],  # (plotly cannot infer it from a single bucket)
                 "marker": {"color": _colour(rank, group), "line": {"width": 0}},
                 "hovertemplate": hover,
             }
@@ -155,7 +163,6 @@ def cost_over_time(
         bucket=bucket,
         span=span,
         barmode="stack",
-        bargap=0.25,
         yaxis={"tickprefix": "$", "tickformat": _money_format(peak), "rangemode": "tozero"},
     )
 

@@ -12,10 +12,14 @@ register = template.Library()
 
 @register.filter
 def pct(value: float | Decimal | None, digits: int = 0) -> str:
-    """A share (0..1) as a percentage: 0.1234 → "12 %"; None → "—"."""
+    """A share (0..1) as a percentage: 0.1234 → "12 %"; 0.004 → "<1 %"; None → "—"."""
     if value is None:
         return "—"
-    return f"{float(value) * 100:.{int(digits)}f} %"
+    percent = float(value) * 100
+    smallest = 10 ** -int(digits)
+    if 0 < percent < smallest:
+        return f"<{smallest:g} %"
+    return f"{percent:.{int(digits)}f} %"
 
 
 @register.filter
@@ -83,3 +87,9 @@ def meter_bounds(thresholds: list[int]) -> tuple[str, str]:
     the limit, red beyond it."""
     below = [t for t in thresholds if t < 100]
     return (str(below[-1] if below else 80), "99.9")
+
+
+@register.filter
+def waste_share(row: Any) -> str:
+    """What failed and retried calls cost, as a share of everything the group cost."""
+    return share_of(row.failed_span_cost + row.retry_cost, row.total_cost)

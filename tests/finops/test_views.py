@@ -258,6 +258,8 @@ def test_waste_and_cost_per_successful_run(client, admin_user, spend) -> None:
     assert per_run["Refund desk"].cost_per_success == Decimal("4.000000")  # the failed run's cost included
     page = text(response)
     assert "$4.00" in page and "Retry and failure waste" in page
+    # Failed and retried calls: $1.00 of the $10.00 it cost.
+    assert "Refund desk $0.60 · 1 $0.40 · 2 retries $1.00 · 1 10 %" in page
 
 
 def test_unpriced_models_are_listed_as_unknown_never_as_zero(client, admin_user, team, spend) -> None:
