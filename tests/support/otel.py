@@ -170,22 +170,25 @@ def langgraph_trace(capture: Capture) -> None:
         4000,
         {"openinference.span.kind": "CHAIN", "input.value": '{"messages": []}', "session.id": "thread-42"},
     ):
-        with capture.span("agent", 5, 1500, {"openinference.span.kind": "CHAIN"}), capture.span(
-            "ChatAnthropic",
-            10,
-            1490,
-            {
-                "openinference.span.kind": "LLM",
-                "llm.model_name": "claude-sonnet-4-5",
-                "llm.provider": "anthropic",
-                "llm.token_count.prompt": 1500,
-                "llm.token_count.completion": 220,
-                "llm.token_count.prompt_details.cache_read": 1024,
-                "llm.input_messages.0.message.role": "user",
-                "llm.input_messages.0.message.content": "Look up the weather in Paris",
-                "llm.output_messages.0.message.role": "assistant",
-                "llm.output_messages.0.message.content": "Calling get_weather",
-            },
+        with (
+            capture.span("agent", 5, 1500, {"openinference.span.kind": "CHAIN"}),
+            capture.span(
+                "ChatAnthropic",
+                10,
+                1490,
+                {
+                    "openinference.span.kind": "LLM",
+                    "llm.model_name": "claude-sonnet-4-5",
+                    "llm.provider": "anthropic",
+                    "llm.token_count.prompt": 1500,
+                    "llm.token_count.completion": 220,
+                    "llm.token_count.prompt_details.cache_read": 1024,
+                    "llm.input_messages.0.message.role": "user",
+                    "llm.input_messages.0.message.content": "Look up the weather in Paris",
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": "Calling get_weather",
+                },
+            ),
         ):
             pass
         with capture.span("tools", 1510, 3900, {"openinference.span.kind": "CHAIN"}):
@@ -216,11 +219,14 @@ def openinference_rag_trace(capture: Capture) -> None:
     with capture.span(
         "query", 0, 3000, {"openinference.span.kind": "CHAIN", "input.value": "What is our refund policy?"}
     ):
-        with capture.span("retrieve", 10, 400, {"openinference.span.kind": "RETRIEVER"}), capture.span(
-            "embedding",
-            15,
-            120,
-            {"openinference.span.kind": "EMBEDDING", "embedding.model_name": "text-embedding-3-small"},
+        with (
+            capture.span("retrieve", 10, 400, {"openinference.span.kind": "RETRIEVER"}),
+            capture.span(
+                "embedding",
+                15,
+                120,
+                {"openinference.span.kind": "EMBEDDING", "embedding.model_name": "text-embedding-3-small"},
+            ),
         ):
             pass
         with capture.span(
