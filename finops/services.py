@@ -168,6 +168,8 @@ def budget_create(
         budget.thresholds = list(thresholds)
     _budget_validate(budget)
     budget.save()
+    # What the period has spent so far counts: a budget created on the 20th sees the month's spend.
+    _period_spend_count(budget, only_if_spent=True)
     budgets.forget_budgets()
     audit_record(actor=actor, action="budget.create", obj=budget, team=budget.team, after=budget.as_dict())
     return budget
@@ -421,8 +423,28 @@ def notification_finish(notification: BudgetNotification, *, error: str = "") ->
 @transaction.atomic
 def budget_spend_rebuild(*, actor: Actor, budget: Budget, at: datetime | None = None) -> BudgetSpend | None:
     """Recount the spend of a calendar budget's current period (or the one containing ``at``)
-    from the hourly rollups — after a database crash, a reprice, or a budget created mid-period
-    (a new budget counts from its creation; this counts the whole period). Audited."""
+    from the hourly rollups — after a database crash or a reprice. Audited."""
+    counted = _period_spend_count(budget, at)
+    if counted is None:
+        return None
+    spend, before = counted
+    audit_record(
+        actor=actor,
+        action="budget.spend_rebuild",
+        obj=budget,
+        team=budget.team,
+        before={"period": spend.period, "spent": str(before)},
+        after={"period": spend.period, "spent": str(spend.spent)},
+    )
+    return spend
+
+
+def _period_spend_count(
+    budget: Budget, at: datetime | None = None, *, only_if_spent: bool = False
+) -> tuple[BudgetSpend, Decimal] | None:
+    """Set the spend of the budget's period (containing ``at``, default now) to what the
+    rollups hold; returns it with the figure it had before. ``None`` for per-run budgets (and,
+    with ``only_if_spent``, when the period has spent nothing yet)."""
     from finops.forecast import budget_rollups
     from finops.models import period_bounds
 
@@ -430,6 +452,8 @@ def budget_spend_rebuild(*, actor: Actor, budget: Budget, at: datetime | None = 
         return None
     period, start, end = period_bounds(budget.period, at or timezone.now())
     total = budget_rollups(budget).filter(hour__gte=start, hour__lt=end).aggregate(c=Sum("cost"))["c"] or Decimal(0)
+    if only_if_spent and not total:
+        return None
     spend, _ = BudgetSpend.objects.select_for_update().get_or_create(
         budget=budget, period=period, defaults={"period_start": start, "period_end": end}
     )
@@ -437,15 +461,7 @@ def budget_spend_rebuild(*, actor: Actor, budget: Budget, at: datetime | None = 
     spend.spent = Decimal(total).quantize(Decimal("0.000001"))
     spend.updated_at = timezone.now()
     spend.save(update_fields=["spent", "updated_at"])
-    audit_record(
-        actor=actor,
-        action="budget.spend_rebuild",
-        obj=budget,
-        team=budget.team,
-        before={"period": period, "spent": str(before)},
-        after={"period": period, "spent": str(spend.spent)},
-    )
-    return spend
+    return spend, before
 
 
 # --- Repricing --------------------------------------------------------------------------------

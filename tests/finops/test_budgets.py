@@ -13,6 +13,7 @@ import pytest
 import time_machine
 from django.core import mail
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from cockpit import webhooks
 from cockpit.models import AuditEvent
@@ -140,6 +141,16 @@ def test_a_run_is_paused_at_the_cap_and_resumed_when_the_budget_is_raised(make_a
         {"limit_usd": "1.00"},
         "quarter-end push",
     )
+
+
+def test_a_budget_created_mid_period_counts_what_the_period_already_spent(team, other_team) -> None:  # noqa: ANN001
+    from tests.finops import costdata
+
+    costdata.rollup(team, cost="3.25")
+    costdata.rollup(team, cost="1.00", at=timezone.now() - timedelta(days=40))  # an earlier month
+    costdata.rollup(other_team, cost="7.00")
+    monthly = budget(team=team, limit_usd="10")
+    assert BudgetSpend.objects.get(budget=monthly).spent == Decimal("3.25")
 
 
 def test_raising_needs_a_reason_and_a_higher_limit(team) -> None:  # noqa: ANN001
