@@ -399,6 +399,59 @@ def _recent_alerts(statuses: list[selectors.BudgetStatus]) -> list[tuple[BudgetA
 # --- Chargeback -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RoutingStep:
+    """One step of one agent, with a row per model it ran on; ``cheaper`` are the rows that
+    cost less per call than the costliest model while their runs succeed about as often."""
+
+    agent: str
+    agent_id: int
+    step: str
+    rows: list[selectors.RoutingRow]
+    cheaper: frozenset[str]
+
+
+AS_WELL_POINTS = 0.05  # "about as often": within 5 points of the best success rate of the step
+
+
+@login_required
+@require_GET
+def routing(request: HtmxHttpRequest) -> HttpResponse:
+    """Per agent and LLM step, what each model costs and how the runs using it end: where a
+    cheaper model does as well, routing to it saves money."""
+    teams = _cost_teams(request.user)
+    form = CostFilterForm(request.GET)
+    if not form.is_valid():
+        return render(request, "finops/routing.html", {"form": form, "teams": teams, "invalid": True}, status=400)
+    window = form.window()
+    filters = form.cost_filter(window, {t.slug: t for t in teams})
+    grouped: dict[tuple[int, str], list[selectors.RoutingRow]] = {}
+    for row in selectors.routing_insight(request.user, filters=filters):
+        grouped.setdefault((row.agent_id, row.step), []).append(row)
+    steps = [_routing_step(rows) for rows in grouped.values()]
+    steps.sort(key=lambda s: (-len(s.rows), s.agent, s.step))
+    return render(
+        request,
+        "finops/routing.html",
+        {"form": form, "teams": teams, "window": window, "ranges": RANGES, "steps": steps},
+    )
+
+
+def _routing_step(rows: list[selectors.RoutingRow]) -> RoutingStep:
+    priced = [r for r in rows if r.cost_per_call is not None and r.run_success_rate is not None]
+    cheaper: set[str] = set()
+    if len(priced) > 1:
+        best = max(r.run_success_rate or 0 for r in priced)
+        dearest = max(r.cost_per_call or Decimal(0) for r in priced)
+        cheaper = {
+            r.model
+            for r in priced
+            if (r.cost_per_call or Decimal(0)) < dearest and (r.run_success_rate or 0) >= best - AS_WELL_POINTS
+        }
+    rows = sorted(rows, key=lambda r: (r.cost_per_call is None, r.cost_per_call or Decimal(0)))
+    return RoutingStep(rows[0].agent, rows[0].agent_id, rows[0].step, rows, frozenset(cheaper))
+
+
 @login_required
 @require_GET
 def chargeback(request: HtmxHttpRequest) -> HttpResponse | StreamingHttpResponse:
