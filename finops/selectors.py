@@ -56,7 +56,7 @@ from finops.models import (
     period_bounds,
 )
 from finops.rollups import day_of, hour_of
-from fleet.models import FINAL_RUN_STATUSES, Agent, Run, RunStatus, Step, StepKind, StepStatus
+from fleet.models import FINAL_RUN_STATUSES, Agent, Run, RunKind, RunStatus, Step, StepKind, StepStatus
 
 Dimension = Literal["team", "agent", "agent_version", "workflow", "model", "provider", "tag"]
 Bucket = Literal["hour", "day", "week", "month"]
@@ -871,6 +871,7 @@ def routing_insight(
     making such calls ended and how their approvals were decided."""
     steps = Step.objects.filter(
         kind=StepKind.LLM,
+        run__kind=RunKind.MANAGED,  # external runs report steps without a cost of their own
         run__in=_runs_for(user, filters),
         status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED],
     )

@@ -76,13 +76,19 @@ def rollup(
 
 
 def run(
-    of: Agent, *, cost: str = "0.50", status: str = RunStatus.SUCCEEDED, at: datetime | None = None, **extra: Any
+    of: Agent,
+    *,
+    cost: str = "0.50",
+    status: str = RunStatus.SUCCEEDED,
+    at: datetime | None = None,
+    kind: str = RunKind.EXTERNAL,
+    **extra: Any,
 ) -> Run:
     created = at or timezone.now() - timedelta(minutes=5)
     return Run.objects.create(
         team=of.team,
         agent=of,
-        kind=RunKind.EXTERNAL,
+        kind=kind,
         status=status,
         cost=Decimal(cost),
         created_at=created,

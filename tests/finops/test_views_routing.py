@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from cockpit.roles import Role
-from fleet.models import RunStatus, Step
+from fleet.models import RunKind, RunStatus, Step
 from tests.finops import costdata
 
 pytestmark = pytest.mark.django_db
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 def calls(agent, model: str, cost: str, *, runs: int, failed_runs: int = 0, step: str = "decide") -> None:  # noqa: ANN001
     for n in range(runs):
         status = RunStatus.FAILED if n < failed_runs else RunStatus.SUCCEEDED
-        run = costdata.run(agent, cost=cost, status=status)
+        run = costdata.run(agent, cost=cost, status=status, kind=RunKind.MANAGED)
         Step.objects.create(
             run=run,
             seq=1,
@@ -39,6 +39,9 @@ def history(team, other_team):  # noqa: ANN001, ANN201
     calls(desk, "sim/sim-small", "0.000500", runs=10, failed_runs=5)  # cheapest, but half the runs fail
     theirs = costdata.agent(other_team, "their-agent", "Their agent")
     calls(theirs, "openai/gpt-4o", "0.020000", runs=2)
+    external = costdata.agent(team, "crm-sync", "CRM sync")
+    for run in [costdata.run(external) for _ in range(2)]:  # reports its steps, not what they cost
+        Step.objects.create(run=run, seq=1, kind="llm", name="dedupe", status="succeeded", model="openai/gpt-4o")
     return desk
 
 
@@ -53,7 +56,8 @@ def test_cheaper_models_that_do_as_well_are_marked(client, make_user, team, hist
     gpt4o = step.rows[2]
     assert (gpt4o.calls, gpt4o.cost_per_call, gpt4o.run_success_rate) == (10, Decimal("0.010000"), 0.9)
     page = response.content.decode()
-    assert page.count("cheaper, as good</span></td>") == 1 and "Their agent" not in page
+    assert page.count("cheaper, as good</span></td>") == 1
+    assert "Their agent" not in page and "CRM sync" not in page
 
 
 def test_people_without_cost_access_are_refused(client, make_user, team, history) -> None:  # noqa: ANN001
