@@ -175,7 +175,11 @@ class Trace(models.Model):
 
     @property
     def title(self) -> str:
-        return self.root_name or f"trace {self.trace_id[:8]}… (root span not received)"
+        if self.root_name:
+            return self.root_name
+        if self.run_id is not None:  # a run's root span is sent when the run ends
+            return f"run #{self.run_id} (in progress)"
+        return f"trace {self.trace_id[:8]}… (root span not received)"
 
     @property
     def model_list(self) -> list[str]:

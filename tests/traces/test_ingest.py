@@ -244,3 +244,13 @@ def test_overload_is_503_with_retry_after(client, ingest_key, capture, settings)
     assert response.status_code == 503 and response["Retry-After"] == "2"
     assert Span.objects.count() == 0
     assert post(client, ingest_key, otel.protobuf(capture.spans)).status_code == 200
+
+
+def test_a_run_still_going_is_titled_by_its_run() -> None:
+    from django.utils import timezone
+
+    moment = timezone.now()
+    going = Trace(trace_id="ab" * 16, run_id=42, started_at=moment, ended_at=moment)
+    assert going.title == "run #42 (in progress)"
+    going.root_name = "invoke_agent Refund desk"
+    assert going.title == "invoke_agent Refund desk"
