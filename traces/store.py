@@ -64,6 +64,8 @@ COLUMNS = (
     "received_at",
 )
 JSON_COLUMNS = frozenset({"attributes", "events", "links", "resource"})
+_JSON_CELLS = [i for i, c in enumerate(COLUMNS) if c in JSON_COLUMNS and c != "resource"]
+_RESOURCE_CELL = COLUMNS.index("resource")
 # Spans whose tokens and cost are their own (not a total of the spans below them).
 LEAF_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING, SpanType.TOOL, SpanType.RETRIEVAL, SpanType.GUARDRAIL})
 SEARCH_CHARS = 4000
@@ -77,9 +79,7 @@ class Stored:
     traces: list[int] = field(default_factory=list)
 
 
-def _copy_value(column: str, value: Any) -> Any:
-    if column not in JSON_COLUMNS:
-        return value
+def _json_cell(value: Any) -> str:
     if not value:  # most spans have no events and no links
         return "[]" if isinstance(value, list) else "{}"
     return _dumps(value)
@@ -100,6 +100,7 @@ class _Links:
 
         self.team = team
         self.agents: dict[str, int] = {}
+        self.agent_by_name: dict[str, int | None] = {}
         for pk, slug, name in Agent.objects.filter(team=team).values_list("id", "slug", "name"):
             for key in (slug, f"{team.slug}/{slug}", name.lower(), slugify(name)):
                 self.agents.setdefault(key, pk)
@@ -137,7 +138,11 @@ class _Links:
     def agent_for(self, row: dict[str, Any]) -> int | None:
         for key in (row["agent_key"], row["agent_name"]):
             if key:
-                found = self.agents.get(key) or self.agents.get(key.lower()) or self.agents.get(slugify(key))
+                if key not in self.agent_by_name:  # the spans of a batch name few agents: look each up once
+                    self.agent_by_name[key] = (
+                        self.agents.get(key) or self.agents.get(key.lower()) or self.agents.get(slugify(key))
+                    )
+                found = self.agent_by_name[key]
                 if found:
                     return found
         return None
@@ -403,11 +408,14 @@ def _insert(rows: list[dict[str, Any]]) -> None:
             # Spans of one resource share its dict: it is serialised once, not once per span.
             resources: dict[int, str] = {}
             for row in rows:
+                cells = [row[c] for c in COLUMNS]
+                for i in _JSON_CELLS:
+                    cells[i] = _json_cell(cells[i])
                 resource = row["resource"]
                 if id(resource) not in resources:
                     resources[id(resource)] = _dumps(resource)
-                dumped = resources[id(resource)]
-                copy.write_row([dumped if c == "resource" else _copy_value(c, row[c]) for c in COLUMNS])
+                cells[_RESOURCE_CELL] = resources[id(resource)]
+                copy.write_row(cells)
         return
     Span.objects.bulk_create([Span(**{c: row[c] for c in COLUMNS}) for row in rows], batch_size=500)
 
