@@ -125,13 +125,25 @@ class Meaning:
     error_type: str = ""
 
 
+# FIELDS as (attribute, kind) pairs, read once: "attribute@kind" applies only when
+# traceloop.span.kind is that kind (every span is read against all of them).
+_COMPILED: dict[tuple[str, ...], tuple[tuple[str, str | None], ...]] = {}
+
+
+def _compiled(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    found = _COMPILED.get(names)
+    if found is None:
+        found = _COMPILED[names] = tuple((name.partition("@")[0], name.partition("@")[2] or None) for name in names)
+    return found
+
+
 def _first(attributes: dict[str, Any], names: tuple[str, ...]) -> Any:
-    for name in names:
-        if "@" in name:  # "attribute@kind": only when traceloop.span.kind is that kind
-            name, _, kind = name.partition("@")
-            if attributes.get("traceloop.span.kind") != kind:
-                continue
-        value = attributes.get(name)
+    for name, kind in _compiled(names):
+        if name not in attributes:
+            continue
+        if kind is not None and attributes.get("traceloop.span.kind") != kind:
+            continue
+        value = attributes[name]
         if value is not None and value != "":
             return value
     return None
