@@ -155,15 +155,27 @@ class RunOverrideForm(forms.Form):
         help_text="A JSON object that replaces the run's input. Leave empty to keep it.",
     )
     reason = forms.CharField(required=False, max_length=REASON_MAX)
+    remove = forms.MultipleChoiceField(
+        required=False,
+        choices=[(key, key.replace("_", " ")) for key in OVERRIDABLE],
+        label="Remove overrides",
+        help_text="Back to the agent version's setting from the next step.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if not self.errors and not self.changes():
-            raise forms.ValidationError("Fill in at least one setting to change.")
+        if self.errors:
+            return data
+        both = [key for key in data.get("remove") or () if data.get(key) not in (None, "")]
+        if both:
+            raise forms.ValidationError(f"Either set or remove {', '.join(both)}, not both.")
+        if not self.changes():
+            raise forms.ValidationError("Fill in at least one setting to change, or one override to remove.")
         return data
 
     def changes(self) -> dict[str, Any]:
-        return {key: self.cleaned_data[key] for key in OVERRIDABLE if self.cleaned_data.get(key) not in (None, "")}
+        changed = {key: self.cleaned_data[key] for key in OVERRIDABLE if self.cleaned_data.get(key) not in (None, "")}
+        return changed | dict.fromkeys(self.cleaned_data.get("remove") or ())
 
 
 class VersionChoiceField(forms.ModelChoiceField):

@@ -334,10 +334,26 @@ def test_override_applies_every_setting(client, operator, paused):
     assert paused.effective_budget == Decimal("0.2")
 
 
+def test_an_override_can_be_removed(client, operator, paused):
+    client.force_login(operator)
+    client.post(url("run-override", paused), {"model": "sim/sim-large", "max_steps": "12"}, **HTMX)
+    paused.refresh_from_db()
+    page = client.get(url("run-detail", paused)).content.decode()
+    assert 'name="remove" value="model"' in page and 'name="remove" value="max_steps"' in page
+    response = client.post(url("run-override", paused), {"remove": ["model"], "reason": "back to default"}, **HTMX)
+    assert response.status_code == 200
+    paused.refresh_from_db()
+    assert paused.overrides == {"max_steps": 12}
+    event = paused.events.filter(kind=RunEvent.Kind.OVERRIDE).latest("id")
+    assert event.reason == "back to default"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({}, "Fill in at least one setting to change."),
+        ({}, "Fill in at least one setting to change, or one override to remove."),
+        ({"max_steps": "9", "remove": ["max_steps"]}, "Either set or remove max_steps, not both."),
+        ({"remove": ["colour"]}, "Select a valid choice."),
         ({"temperature": "7"}, "The temperature is between 0 and 2."),
         (
             {"model": "nowhere/big"},
