@@ -356,7 +356,14 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
         summaries = list(
             Trace.objects.select_for_update().filter(team=team, trace_id__in=trace_ids).order_by("trace_id")
         )
-        existing = set(Span.objects.filter(team=team, trace_id__in=trace_ids).values_list("trace_id", "span_id"))
+        # Only a trace that already holds spans can hold these (its summary counts them, in the
+        # same transaction as the spans, and is locked above): new traces skip the lookup.
+        known = [t.trace_id for t in summaries if t.span_count]
+        existing = (
+            set(Span.objects.filter(team=team, trace_id__in=known).values_list("trace_id", "span_id"))
+            if known
+            else set()
+        )
         new_rows = [r for r in rows if (r["trace_id"], r["span_id"]) not in existing]
         stored.duplicates += len(rows) - len(new_rows)
         if new_rows:
