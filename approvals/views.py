@@ -48,6 +48,7 @@ from approvals.services import AlreadyDecided
 from cockpit import access
 from cockpit import selectors as cockpit_selectors
 from cockpit.audit import Actor
+from cockpit.forms import add_service_error, submit
 from cockpit.models import Team
 from cockpit.plotting import plotly_style_guards
 from cockpit.roles import TeamPerm
@@ -64,29 +65,6 @@ EXPORT_CHUNK = 500
 def _refused(request: HtmxHttpRequest) -> int:
     """The status of a re-rendered form: 422 for htmx (approvals.js swaps it in), else 400."""
     return 422 if request.htmx else 400
-
-
-def _add_service_error(form: Form, exc: ValidationError, rename: dict[str, str] | None = None) -> None:
-    """A service's ``ValidationError`` on the form: on the field it names (``rename`` maps the
-    service's argument names to the form's), else on the whole form."""
-    if not hasattr(exc, "error_dict"):
-        form.add_error(None, exc)
-        return
-    for name, errors in exc.error_dict.items():
-        field = (rename or {}).get(name, name)
-        form.add_error(field if field in form.fields else None, errors)
-
-
-def _submit[T](form: Form, action: Callable[[dict[str, Any]], T], rename: dict[str, str] | None = None) -> T | None:
-    """Validate the form and call the service; ``None`` when anything was refused (the errors
-    are on the form, and the service changed nothing)."""
-    if not form.is_valid():
-        return None
-    try:
-        return action(form.cleaned_data)
-    except ValidationError as exc:
-        _add_service_error(form, exc, rename)
-        return None
 
 
 # --- The queue --------------------------------------------------------------------------------
@@ -202,7 +180,7 @@ def _decide(
                 raise
             extra["refused"], status = str(exc), 403
         except ValidationError as exc:
-            _add_service_error(form, exc, {"edited_arguments": "arguments"})
+            add_service_error(form, exc, {"edited_arguments": "arguments"})
             status = _refused(request)
         else:
             message = _decided_message(decided)
@@ -357,7 +335,7 @@ def policy_save(request: HtmxHttpRequest) -> HttpResponse:
     key = request.POST.get("scope", "")
     team = _scope_team(request, key)
     form = PolicyForm(request.POST)
-    saved = _submit(
+    saved = submit(
         form,
         lambda data: services.policy_save(
             actor=Actor.from_request(request), team=team, source=data["source"], comment=data["comment"]
@@ -400,7 +378,7 @@ def _escalation_form(
     request: HtmxHttpRequest, team: Team, policy: EscalationPolicy | None, form: EscalationPolicyForm
 ) -> HttpResponse:
     if request.method == "POST":
-        saved = _submit(
+        saved = submit(
             form,
             lambda data: services.escalation_policy_save(
                 actor=Actor.from_request(request),
@@ -496,7 +474,7 @@ def calibration(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def promotion_rule_save(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     agent = fleet_selectors.get_agent_for_user(request.user, pk, TeamPerm.MANAGE)
     form = PromotionRuleForm(request.POST)
-    saved = _submit(
+    saved = submit(
         form,
         lambda data: services.promotion_rule_save(actor=Actor.from_request(request), team=agent.team, **data),
     )
@@ -516,7 +494,7 @@ def promote(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         promotion = selectors.promotion(agent)
         if not promotion.meets or form.cleaned_data["tier"] != promotion.target_tier:
             form.add_error(None, f"{agent.name} does not meet the promotion rule to tier {form.cleaned_data['tier']}.")
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: fleet_services.agent_set_tier(
             actor=Actor.from_request(request), agent=agent, tier=data["tier"], reason=data["reason"]

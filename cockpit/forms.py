@@ -1,11 +1,39 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from cockpit.models import Scope, Team
 from cockpit.roles import Role
+
+
+def add_service_error(form: forms.Form, exc: ValidationError, rename: dict[str, str] | None = None) -> None:
+    """A service's ``ValidationError`` on the form: on the field it names (``rename`` maps the
+    service's argument names to the form's), else on the whole form."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for name, errors in exc.error_dict.items():
+        field = (rename or {}).get(name, name)
+        form.add_error(field if field in form.fields else None, errors)
+
+
+def submit[T](
+    form: forms.Form, action: Callable[[dict[str, Any]], T], rename: dict[str, str] | None = None
+) -> T | None:
+    """Validate the form and call the service with its cleaned data; ``None`` when anything was
+    refused (the errors are on the form, and the service changed nothing). Every view that
+    submits a form to a service goes through here."""
+    if not form.is_valid():
+        return None
+    try:
+        return action(form.cleaned_data)
+    except ValidationError as exc:
+        add_service_error(form, exc, rename)
+        return None
 
 
 class AuditFilterForm(forms.Form):

@@ -10,7 +10,7 @@ element, and the view renders only that partial with only the queries it needs.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,7 +20,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.forms import Form
 from django.http import HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -30,6 +29,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from cockpit import access
 from cockpit import selectors as cockpit_selectors
 from cockpit.audit import Actor
+from cockpit.forms import submit
 from cockpit.models import Team
 from cockpit.plotting import plotly_style_guards
 from cockpit.roles import TeamPerm
@@ -548,22 +548,6 @@ def budgets(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, template or "finops/budgets.html", context)
 
 
-def _submit[T](form: Form, action: Callable[[dict[str, Any]], T]) -> T | None:
-    """Validate the form and call the service; its ``ValidationError`` lands on the form field it
-    names (else on the form). ``None`` when anything was refused."""
-    if not form.is_valid():
-        return None
-    try:
-        return action(form.cleaned_data)
-    except ValidationError as exc:
-        if hasattr(exc, "error_dict"):
-            for field, errors in exc.error_dict.items():
-                form.add_error(field if field in form.fields else None, errors)
-        else:
-            form.add_error(None, exc)
-        return None
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def budget_create(request: HtmxHttpRequest) -> HttpResponse:
@@ -580,7 +564,7 @@ def budget_create(request: HtmxHttpRequest) -> HttpResponse:
                 raise ValidationError({"team": "Only organisation-wide admins set budgets over every team."})
             return services.budget_create(actor=Actor.from_request(request), **arguments)
 
-        created = _submit(form, create)
+        created = submit(form, create)
         if created is not None:
             messages.success(request, f"Budget “{created.name}” is active.")
             return redirect("finops-budgets")
@@ -602,7 +586,7 @@ def budget_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         def update(data: dict[str, Any]) -> Budget:
             return services.budget_update(actor=Actor.from_request(request), budget=budget, changes=form.changes())
 
-        updated = _submit(form, update)
+        updated = submit(form, update)
         if updated is not None:
             messages.success(request, f"Budget “{updated.name}” saved.")
             return redirect("finops-budgets")
@@ -622,7 +606,7 @@ def budget_raise(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     user = request.user
     budget = selectors.get_budget_for_user(user, pk, TeamPerm.MANAGE)
     form = BudgetRaiseForm(request.POST, budget=budget)
-    done = _submit(
+    done = submit(
         form,
         lambda data: services.budget_raise(
             actor=Actor.from_request(request),

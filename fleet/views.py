@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
 from django.forms import Form
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
@@ -27,6 +26,7 @@ from django_htmx.http import trigger_client_event
 from cockpit import access
 from cockpit import selectors as cockpit_selectors
 from cockpit.audit import Actor
+from cockpit.forms import submit
 from cockpit.roles import TeamPerm
 from fleet import selectors, services
 from fleet.forms import (
@@ -65,18 +65,6 @@ def _render_page(
     for _, build in fragments.values():
         page.update(build())
     return render(request, template, page)
-
-
-def _submit[T](form: Form, action: Callable[[dict[str, Any]], T]) -> T | None:
-    """Validate the form and call the service; its ``ValidationError`` lands on the form (on the
-    field it names, else on the form). ``None`` when anything was refused."""
-    if not form.is_valid():
-        return None
-    try:
-        return action(form.cleaned_data)
-    except ValidationError as exc:
-        form.add_error(None, exc)
-        return None
 
 
 def _error_messages(form: Form) -> list[str]:
@@ -215,12 +203,12 @@ def agent_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if status not in AGENT_STATUS_COPY:
         return HttpResponseBadRequest("Say which status: active, paused or quarantined.")
     next_url = _safe_next(request, reverse("agent-detail", args=[agent.pk]))
-    title, text, submit = AGENT_STATUS_COPY[AgentStatus(status)]
+    title, text, button = AGENT_STATUS_COPY[AgentStatus(status)]
     stops = status != AgentStatus.ACTIVE
     confirm = Confirmation(
         title=title.format(name=agent.name),
         text=text,
-        submit=submit,
+        submit=button,
         action=reverse("agent-status", args=[agent.pk]),
         back=next_url,
         reason_label="Reason (shown to operators)" if stops else "Note (optional)",
@@ -231,7 +219,7 @@ def agent_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if request.method == "GET":
         return _confirm(request, confirm, AgentStatusForm(initial={"status": status}))
     form = AgentStatusForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.agent_set_status(
             actor=Actor.from_request(request),
@@ -278,7 +266,7 @@ def _settings_response(
 def agent_tier(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     agent = selectors.get_agent_for_user(request.user, pk, TeamPerm.MANAGE)
     form = AgentTierForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.agent_set_tier(
             actor=Actor.from_request(request), agent=agent, tier=data["tier"], reason=data["reason"]
@@ -299,7 +287,7 @@ def agent_tier(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def agent_slo(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     agent = selectors.get_agent_for_user(request.user, pk, TeamPerm.MANAGE)
     form = AgentSloForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.agent_slo_update(
             actor=Actor.from_request(request),
@@ -427,7 +415,7 @@ def _run_control(
 ) -> HttpResponse:
     """Call a run control; htmx gets the controls fragment back (with the error, if refused),
     a plain form post is redirected to the run with a message."""
-    updated = _submit(form, action)
+    updated = submit(form, action)
     if request.htmx:
         if updated is None:
             context = _controls_context(request, run, **{form_name: form})
@@ -511,7 +499,7 @@ def run_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if request.method == "GET":
         return _confirm(request, confirm, CancelForm())
     form = CancelForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.run_cancel(actor=Actor.from_request(request), run=run, reason=data["reason"]),
     )

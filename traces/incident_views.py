@@ -30,6 +30,7 @@ from django_htmx.http import reswap, retarget, trigger_client_event
 from cockpit import access
 from cockpit import selectors as cockpit_selectors
 from cockpit.audit import Actor
+from cockpit.forms import submit
 from cockpit.roles import TeamPerm
 from traces import export, narrative, services
 from traces.forms import (
@@ -116,22 +117,6 @@ def _sentence_choices(sentences: list[narrative.Sentence]) -> list[tuple[str, st
 
 
 # --- Helpers ----------------------------------------------------------------------------------
-
-
-def _submit[T](form: Form, action: Callable[[dict[str, Any]], T]) -> T | None:
-    """Validate the form and call the service; its ``ValidationError`` lands on the field it
-    names (or on the form). ``None`` when anything was refused."""
-    if not form.is_valid():
-        return None
-    try:
-        return action(form.cleaned_data)
-    except ValidationError as exc:
-        if hasattr(exc, "error_dict"):
-            for name, errors in exc.error_dict.items():
-                form.add_error(name if name in form.fields else None, errors)
-        else:
-            form.add_error(None, exc)
-        return None
 
 
 def _errors(form: Form) -> list[str]:
@@ -223,7 +208,7 @@ def incident_open(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         form = IncidentOpenForm(initial={"title": "" if trace.status != "error" else f"{trace.title} failed"})
         return render(request, "traces/incident_open.html", {"trace": trace, "form": form, "existing": existing})
     form = IncidentOpenForm(request.POST)
-    incident = _submit(
+    incident = submit(
         form,
         lambda data: services.incident_open(
             actor=Actor.from_request(request),
@@ -283,7 +268,7 @@ def _detail(request: HtmxHttpRequest, incident: Incident, status: int = 200, **f
 def incident_note(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = get_incident_for_user(request, pk, MARK_PERM)
     form = IncidentNoteForm(request.POST)
-    note = _submit(
+    note = submit(
         form,
         lambda data: services.incident_note_add(
             actor=Actor.from_request(request), incident=incident, text=data["text"], span_id=data["span_id"]
@@ -315,7 +300,7 @@ def incident_note(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def incident_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = get_incident_for_user(request, pk, MARK_PERM)
     form = IncidentEditForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.incident_update(
             actor=Actor.from_request(request),
@@ -336,7 +321,7 @@ def incident_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def incident_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = get_incident_for_user(request, pk, MARK_PERM)
     form = IncidentStatusForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.incident_update(
             actor=Actor.from_request(request), incident=incident, status=data["status"]
@@ -357,7 +342,7 @@ def incident_status(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def incident_link(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     incident = get_incident_for_user(request, pk, MARK_PERM)
     form = IncidentLinkForm(request.POST)
-    updated = _submit(
+    updated = submit(
         form,
         lambda data: services.incident_link(
             actor=Actor.from_request(request), incident=incident, trace=_find_trace(incident, data["trace"])
@@ -436,7 +421,7 @@ def discovered_list(request: HtmxHttpRequest) -> HttpResponse:
 def discovered_adopt(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     found = access.get_for_user(request.user, DiscoveredAgent.objects.select_related("team"), ADOPT_PERM, pk=pk)
     form = AdoptForm(request.POST)
-    agent = _submit(
+    agent = submit(
         form,
         lambda data: services.discovered_agent_adopt(
             actor=Actor.from_request(request), discovered=found, slug=data["slug"], name=data["name"]
