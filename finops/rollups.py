@@ -2,8 +2,8 @@
 
 ``spans_stored`` (from ``traces.store``) hands over each batch of new span rows inside the
 storing transaction; ``on_spans_stored`` folds them into ``CostRollup`` rows with one
-multi-row ``INSERT … ON CONFLICT DO UPDATE`` (PostgreSQL and SQLite alike), so a batch and its
-rollups commit or roll back together. The rows are sorted by key, so concurrent batches lock
+``INSERT … ON CONFLICT DO UPDATE`` (``cockpit.bulk``), so a batch and its rollups commit or roll
+back together. The rows are sorted by key, so concurrent batches lock
 the rollup rows they share in the same order (no deadlocks).
 
 ``rebuild`` recomputes the rollups of a time range from the spans (after a reprice, or to
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -24,15 +24,15 @@ from django.db.models import Count, Q, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
-from cockpit import live
-from finops.models import ROLLUP_KEY, ROLLUP_SUMS, CostRollup, CostRollupDay
+from cockpit import bulk, live
+from finops.models import ROLLUP_KEY, ROLLUP_SUMS, CostRollup, CostRollupDay, RollupColumns
 from traces.semconv import SpanType
+from traces.signals import TraceBefore
 
 # Spans whose tokens and cost are their own (the same set as the trace summaries use).
 LEAF_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING, SpanType.TOOL, SpanType.RETRIEVAL, SpanType.GUARDRAIL})
 MODEL_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING})
 WORKFLOW_ATTRIBUTES = ("gen_ai.workflow.name", "traceloop.workflow.name")
-CHUNK_ROWS = 400
 ZERO = Decimal(0)
 
 Key = tuple[Any, ...]
@@ -86,8 +86,7 @@ def attempts_of(attributes: dict[str, Any]) -> int:
         return 1
 
 
-@dataclass(frozen=True)
-class Dimensions:
+class Dimensions(NamedTuple):
     """The rollup key of a span (without hour and team)."""
 
     agent_id: int
@@ -146,17 +145,7 @@ class Accumulator:
         sign: int = 1,
     ) -> Dimensions:
         dims = dimensions_of(row, keys, inherited)
-        key = (
-            hour_of(row["start_time"]),
-            team_id,
-            dims.agent_id,
-            dims.agent_key,
-            dims.agent_version,
-            dims.workflow,
-            dims.model,
-            dims.provider,
-            dims.tag,
-        )
+        key = (hour_of(row["start_time"]), team_id, *dims)
         sums = self.sums.get(key)
         if sums is None:
             sums = self.sums[key] = [ZERO, 0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO, 0, ZERO]
@@ -217,39 +206,31 @@ def day_of(moment: datetime) -> datetime:
 DAY_KEY = ("day", *ROLLUP_KEY[1:])
 
 
-def _upsert_sql(table: str, key: tuple[str, ...], count: int) -> str:
-    columns = [*key, *ROLLUP_SUMS]
-    placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
+def _upsert_into(model: type[RollupColumns], key: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    table = model._meta.db_table
     updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholders] * count)} "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
-
-
-def _upsert_into(table: str, key: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    adapt = connection.ops.adapt_datetimefield_value  # (SQLite compares the text the ORM writes)
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), CHUNK_ROWS):
-            chunk = rows[start : start + CHUNK_ROWS]
-            params = []
-            for row in chunk:
-                params.append(adapt(row[0]))
-                params.extend(row[1:])
-            cursor.execute(_upsert_sql(table, key, len(chunk)), params)
+    bulk.insert(model, [*key, *ROLLUP_SUMS], rows, suffix=f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
 def upsert(accumulator: Accumulator, *, days: bool = True) -> None:
     """Add the accumulated sums to the hourly rollups and (unless told not to) the daily ones."""
-    _upsert_into(CostRollup._meta.db_table, ROLLUP_KEY, accumulator.rows())
+    _upsert_into(CostRollup, ROLLUP_KEY, accumulator.rows())
     if days:
-        _upsert_into(CostRollupDay._meta.db_table, DAY_KEY, accumulator.day_rows())
+        _upsert_into(CostRollupDay, DAY_KEY, accumulator.day_rows())
 
 
 # --- At ingest --------------------------------------------------------------------------------
 
 
-def on_spans_stored(sender: Any, *, team: Any, rows: list[dict[str, Any]], now: datetime, **kwargs: Any) -> None:
+def on_spans_stored(
+    sender: Any,
+    *,
+    team: Any,
+    rows: list[dict[str, Any]],
+    now: datetime,
+    before: dict[str, TraceBefore],
+    **kwargs: Any,
+) -> None:
     """``traces.signals.spans_stored`` receiver: rollups, then budget spend, in the batch's
     transaction."""
     from finops import budgets
@@ -258,7 +239,7 @@ def on_spans_stored(sender: Any, *, team: Any, rows: list[dict[str, Any]], now: 
     accumulator = Accumulator()
     charges: list[tuple[dict[str, Any], Dimensions]] = []
     costly = False
-    agents = _trace_agents(team.pk, rows, accumulator, keys)
+    agents = _trace_agents(team.pk, rows, accumulator, keys, before)
     for row in rows:
         dims = accumulator.add(row, team.pk, keys, agents.get(row["trace_id"]))
         if row.get("cost") is not None:
@@ -304,15 +285,17 @@ def _stored_agents(team_id: int, trace_ids: Iterable[str], exclude: set[tuple[st
 
 
 def _trace_agents(
-    team_id: int, rows: list[dict[str, Any]], accumulator: Accumulator, keys: tuple[str, ...]
+    team_id: int,
+    rows: list[dict[str, Any]],
+    accumulator: Accumulator,
+    keys: tuple[str, ...],
+    before: dict[str, TraceBefore],
 ) -> dict[str, TraceAgent]:
     """The agent of each trace of the batch whose spans do not all name one: from the batch, or
-    from the trace's summary (what spans stored earlier named; the summaries are locked and not
-    yet updated with this batch). When the batch brings the first agent of a trace that has
-    spans already (the agent's own span often ends, and is exported, after its children), those
-    spans move to it in the rollups (subtracted where they were counted, added to the agent)."""
-    from traces.models import Trace
-
+    from the trace's summary before this batch (``before``: what spans stored earlier named).
+    When the batch brings the first agent of a trace that has spans already (the agent's own
+    span often ends, and is exported, after its children), those spans move to it in the rollups
+    (subtracted where they were counted, added to the agent)."""
     batch_agents = _pick(rows)
     anonymous = {row["trace_id"] for row in rows if not has_agent(row)}
     unresolved = anonymous - set(batch_agents)
@@ -321,10 +304,8 @@ def _trace_agents(
         return {}
     agents = dict(batch_agents)
     newly_named = []
-    summaries = Trace.objects.filter(team_id=team_id, trace_id__in=sorted(wanted)).values_list(
-        "trace_id", "span_count", "agent_id", "agent_key", "agent_name"
-    )
-    for trace_id, span_count, agent_id, agent_key, agent_name in summaries:
+    for trace_id in sorted(wanted & before.keys()):
+        span_count, agent_id, agent_key, agent_name = before[trace_id]
         if agent_id or agent_key or agent_name:
             if trace_id in unresolved:
                 key = "" if agent_id else _text(agent_key or agent_name, 200)
@@ -456,7 +437,7 @@ def days_from_hours(*, team_ids: list[int] | None = None) -> int:
     with transaction.atomic():
         _lock_rollups()
         daily.delete()
-        _upsert_into(CostRollupDay._meta.db_table, DAY_KEY, rows)
+        _upsert_into(CostRollupDay, DAY_KEY, rows)
     return len(rows)
 
 

@@ -16,11 +16,12 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
+import orjson
 from django.db import connection, transaction
 from django.db.models import Field, Q
 from django.utils.text import slugify
 
-from cockpit import live
+from cockpit import bulk, live
 from cockpit.models import Team
 from traces import signals
 from traces.models import DiscoveredAgent, Span, StatusCode, Trace, TraceStatus
@@ -86,7 +87,10 @@ def _json_cell(value: Any) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except (orjson.JSONEncodeError, TypeError):  # a lone surrogate from a JSON body, say
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 # --- Linking to the fleet ---------------------------------------------------------------------
@@ -311,7 +315,12 @@ SUMMARY_FIELDS = [
 
 
 def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
-    """Store ``rows`` (from ``traces.normalise``) for ``team``; spans already stored are skipped."""
+    """Store ``rows`` (from ``traces.normalise``) for ``team``; spans already stored are skipped.
+
+    A trace this batch starts gets its summary row whole, in one ``INSERT`` (most traces arrive
+    in one batch); a trace that has a row already (an earlier batch, or a concurrent one) has it
+    locked, its re-delivered spans dropped, and the rest merged into it.
+    """
     stored = Stored()
     unique: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
@@ -322,6 +331,7 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
     rows = list(unique.values())
     links = _Links(team, rows)
     discovered: dict[str, dict[str, Any]] = {}
+    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         row["team_id"] = team.pk
         row["run_id"] = links.run_for(row)
@@ -334,64 +344,62 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
             agent_id = links.runs.get(row["run_id"])
         row["agent_id"] = agent_id
         row["cost"] = _price(row)
-    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
         by_trace[row["trace_id"]].append(row)
     trace_ids = sorted(by_trace)
 
     with transaction.atomic():
-        Trace.objects.bulk_create(
-            [
-                Trace(
-                    team=team,
-                    trace_id=trace_id,
-                    started_at=min(r["start_time"] for r in by_trace[trace_id]),
-                    ended_at=max(r["end_time"] for r in by_trace[trace_id]),
-                    updated_at=now,
-                )
-                for trace_id in trace_ids
-            ],
-            ignore_conflicts=True,
-        )
-        summaries = list(
-            Trace.objects.select_for_update().filter(team=team, trace_id__in=trace_ids).order_by("trace_id")
+        started = {trace_id: _summary_of(team, by_trace[trace_id], now) for trace_id in trace_ids}
+        created = _summaries_insert(list(started.values()))  # in trace id order: no lock cycles
+        continued = [trace_id for trace_id in trace_ids if trace_id not in created]
+        summaries = (
+            list(Trace.objects.select_for_update().filter(team=team, trace_id__in=continued).order_by("trace_id"))
+            if continued
+            else []
         )
         # Only a trace that already holds spans can hold these (its summary counts them, in the
-        # same transaction as the spans, and is locked above): new traces skip the lookup.
+        # same transaction as the spans, and is locked above).
         known = [t.trace_id for t in summaries if t.span_count]
         existing = (
             set(Span.objects.filter(team=team, trace_id__in=known).values_list("trace_id", "span_id"))
             if known
             else set()
         )
-        new_rows = [r for r in rows if (r["trace_id"], r["span_id"]) not in existing]
+        before = {t.trace_id: (t.span_count, t.agent_id, t.agent_key, t.agent_name) for t in summaries}
+        watched = []  # traces that existed before this batch: someone may have them open
+        changed: list[Trace] = []
+        for trace in summaries:
+            fresh = [r for r in by_trace[trace.trace_id] if (r["trace_id"], r["span_id"]) not in existing]
+            if not fresh:
+                continue
+            if trace.span_count:
+                watched.append(trace)
+            summary = _Summary(fresh[0]["start_time"], fresh[0]["end_time"])
+            for row in fresh:
+                summary.add(row)
+            summary.merge_into(trace, now)
+            changed.append(trace)
+        merged = {t.trace_id for t in changed}
+        new_rows = [
+            r
+            for r in rows
+            if r["trace_id"] in created or (r["trace_id"] in merged and (r["trace_id"], r["span_id"]) not in existing)
+        ]
         stored.duplicates += len(rows) - len(new_rows)
         if new_rows:
             _insert(new_rows)
-            signals.spans_stored.send(sender=Span, team=team, rows=new_rows, now=now)
-        aggregates: dict[str, _Summary] = {}
-        for row in new_rows:
-            summary = aggregates.get(row["trace_id"])
-            if summary is None:
-                summary = aggregates[row["trace_id"]] = _Summary(row["start_time"], row["end_time"])
-            summary.add(row)
-        changed = []
-        watched = []  # traces that existed before this batch: someone may have them open
-        for trace in summaries:
-            if trace.trace_id in aggregates:
-                if trace.span_count:
-                    watched.append(trace)
-                aggregates[trace.trace_id].merge_into(trace, now)
-                changed.append(trace)
         if changed:
             _summaries_save(changed)
         if discovered:
             _discovered_upsert(team, discovered, now)
+        if new_rows:
+            # Last before the commit: the cost rollups a receiver adds to are shared by every
+            # batch of the hour, so their row locks are held as briefly as can be.
+            signals.spans_stored.send(sender=Span, team=team, rows=new_rows, now=now, before=before)
         stored.spans = len(new_rows)
-        stored.traces = [t.pk for t in changed]
+        stored.traces = [*created.values(), *(t.pk for t in changed)]
         if new_rows:
             live.publish(
-                {"type": "traces.arrived", "spans": len(new_rows), "traces": len(changed)},
+                {"type": "traces.arrived", "spans": len(new_rows), "traces": len(stored.traces)},
                 team_id=team.pk,
                 coalesce=f"traces.arrived:{team.pk}",
             )
@@ -404,6 +412,29 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
                     coalesce=f"trace.spans:{trace.pk}",
                 )
     return stored
+
+
+def _summary_of(team: Team, rows: list[dict[str, Any]], now: datetime) -> Trace:
+    """The summary row of a trace made of ``rows`` alone."""
+    summary = _Summary(rows[0]["start_time"], rows[0]["end_time"])
+    for row in rows:
+        summary.add(row)
+    trace = Trace(team=team, trace_id=rows[0]["trace_id"], started_at=summary.started_at, ended_at=summary.ended_at)
+    summary.merge_into(trace, now)
+    return trace
+
+
+def _summaries_insert(traces: list[Trace]) -> dict[str, int]:
+    """``INSERT`` the summaries of ``traces``, skipping those already present (another batch's,
+    committed or not: the insert waits for it); trace id → pk of those inserted."""
+    fields = [f for f in Trace._meta.concrete_fields if not f.primary_key]
+    inserted = bulk.insert(
+        Trace,
+        [str(f.column) for f in fields],
+        [[getattr(t, f.attname) for f in fields] for t in traces],
+        suffix="ON CONFLICT (team_id, trace_id) DO NOTHING RETURNING id, trace_id",
+    )
+    return {trace_id: pk for pk, trace_id in inserted}
 
 
 def _insert(rows: list[dict[str, Any]]) -> None:

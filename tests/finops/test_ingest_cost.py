@@ -128,15 +128,19 @@ def test_rollups_are_hourly_and_upserted(team) -> None:  # noqa: ANN001
     ]
 
 
-def test_a_batch_that_fails_leaves_no_rollup(team, monkeypatch) -> None:  # noqa: ANN001
-    from traces import store
+def test_a_batch_that_fails_leaves_no_rollup(team) -> None:  # noqa: ANN001
+    from traces import signals
 
-    def broken(rows):  # noqa: ANN001, ANN202
+    def broken(sender, **kwargs) -> None:  # noqa: ANN001 - a receiver after the rollups' one
+        assert CostRollup.objects.exists()
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "_summaries_save", broken)
-    with pytest.raises(RuntimeError):
-        write(team, [span_row()])
+    signals.spans_stored.connect(broken, dispatch_uid="test.broken")
+    try:
+        with pytest.raises(RuntimeError):
+            write(team, [span_row()])
+    finally:
+        signals.spans_stored.disconnect(dispatch_uid="test.broken")
     assert not CostRollup.objects.exists() and not Span.objects.exists()
 
 
