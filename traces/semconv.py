@@ -8,6 +8,7 @@ instrumentations), then Traceloop / OpenLLMetry. ``docs/traces.md`` prints this 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +106,6 @@ COCKPIT_STEP_KINDS = {
     "checkpoint": SpanType.CHAIN,
 }
 
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens")
-
 
 @dataclass(slots=True)
 class Meaning:
@@ -125,28 +124,38 @@ class Meaning:
     error_type: str = ""
 
 
-# FIELDS as (attribute, kind) pairs, read once: "attribute@kind" applies only when
-# traceloop.span.kind is that kind (every span is read against all of them).
-_COMPILED: dict[tuple[str, ...], tuple[tuple[str, str | None], ...]] = {}
+Source = tuple[str, int, str | None]
 
 
-def _compiled(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
-    found = _COMPILED.get(names)
-    if found is None:
-        found = _COMPILED[names] = tuple((name.partition("@")[0], name.partition("@")[2] or None) for name in names)
-    return found
+def _sources() -> dict[str, list[Source]]:
+    """Attribute name -> the columns it can fill: (column, rank in that column's list, the
+    traceloop.span.kind it needs: "attribute@kind" applies only to spans of that kind)."""
+    sources: dict[str, list[Source]] = {}
+    for column, names in FIELDS.items():
+        for rank, name in enumerate(names):
+            attribute, _, kind = name.partition("@")
+            sources.setdefault(attribute, []).append((column, rank, kind or None))
+    return sources
 
 
-def _first(attributes: dict[str, Any], names: tuple[str, ...]) -> Any:
-    for name, kind in _compiled(names):
-        if name not in attributes:
+_SOURCES = _sources()
+
+
+def _columns(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Column -> value, each from the first attribute of its ``FIELDS`` list that the span has
+    (not null, not empty): one pass over the span's attributes."""
+    best: dict[str, tuple[int, Any]] = {}
+    for name, value in attributes.items():
+        sources = _SOURCES.get(name)
+        if sources is None or value is None or value == "":
             continue
-        if kind is not None and attributes.get("traceloop.span.kind") != kind:
-            continue
-        value = attributes[name]
-        if value is not None and value != "":
-            return value
-    return None
+        for column, rank, kind in sources:
+            if kind is not None and attributes.get("traceloop.span.kind") != kind:
+                continue
+            current = best.get(column)
+            if current is None or rank < current[0]:
+                best[column] = (rank, value)
+    return {column: value for column, (_, value) in best.items()}
 
 
 def _int(value: Any) -> int | None:
@@ -159,7 +168,7 @@ def _int(value: Any) -> int | None:
     return number if 0 <= number < 2**62 else None
 
 
-def span_type(attributes: dict[str, Any], name: str) -> str:
+def span_type(attributes: dict[str, Any], name: str, columns: dict[str, Any] | None = None) -> str:
     if "cockpit.operator.action" in attributes:
         return SpanType.OPERATOR
     step_kind = attributes.get("cockpit.step.kind")
@@ -176,7 +185,9 @@ def span_type(attributes: dict[str, Any], name: str) -> str:
         return TRACELOOP_KINDS[kind]
     if attributes.get("gen_ai.tool.name") or attributes.get("tool.name"):
         return SpanType.TOOL
-    if _first(attributes, FIELDS["model"]) or _first(attributes, FIELDS["input_tokens"]):
+    if columns is None:
+        columns = _columns(attributes)
+    if columns.get("model") or columns.get("input_tokens"):
         return SpanType.LLM
     if "guardrail" in name.lower():
         return SpanType.GUARDRAIL
@@ -184,22 +195,37 @@ def span_type(attributes: dict[str, Any], name: str) -> str:
 
 
 def _text(value: Any, limit: int) -> str:
-    return "" if value is None else str(value)[:limit]
+    if value is None:
+        return ""
+    text = str(value)[:limit]
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text  # PostgreSQL text cannot hold NUL
+
+
+# column -> how its attribute value becomes the column's value
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "model": lambda value: _text(value, 200),
+    "provider": lambda value: _text(value, 100).lower(),
+    "input_tokens": _int,
+    "output_tokens": _int,
+    "cache_read_tokens": _int,
+    "reasoning_tokens": _int,
+    "tool_name": lambda value: _text(value, 200),
+    "agent_key": lambda value: _text(value, 200),
+    "agent_name": lambda value: _text(value, 200),
+    "agent_version": lambda value: _text(value, 100),
+    "conversation_id": lambda value: _text(value, 200),
+    "error_type": lambda value: _text(value, 200),
+}
 
 
 def read(attributes: dict[str, Any], name: str, exception_type: str = "") -> Meaning:
     """The typed reading of one span's attributes (resource attributes already merged below)."""
-    meaning = Meaning(span_type=span_type(attributes, name))
-    meaning.model = _text(_first(attributes, FIELDS["model"]), 200)
-    meaning.provider = _text(_first(attributes, FIELDS["provider"]), 100).lower()
-    for field in TOKEN_FIELDS:
-        setattr(meaning, field, _int(_first(attributes, FIELDS[field])))
-    meaning.tool_name = _text(_first(attributes, FIELDS["tool_name"]), 200)
-    meaning.agent_key = _text(_first(attributes, FIELDS["agent_key"]), 200)
-    meaning.agent_name = _text(_first(attributes, FIELDS["agent_name"]), 200)
-    meaning.agent_version = _text(_first(attributes, FIELDS["agent_version"]), 100)
-    meaning.conversation_id = _text(_first(attributes, FIELDS["conversation_id"]), 200)
-    meaning.error_type = _text(_first(attributes, FIELDS["error_type"]) or exception_type, 200)
+    columns = _columns(attributes)
+    meaning = Meaning(span_type=span_type(attributes, name, columns))
+    for column, value in columns.items():
+        setattr(meaning, column, _CONVERTERS[column](value))
+    if not meaning.error_type and exception_type:
+        meaning.error_type = _text(exception_type, 200)
     if meaning.span_type == SpanType.TOOL and not meaning.tool_name and name.startswith("execute_tool "):
         meaning.tool_name = name.removeprefix("execute_tool ")[:200]
     return meaning
