@@ -379,6 +379,8 @@ class Run(models.Model):
         ]
         indexes = [
             models.Index(fields=["team", "-created_at"], name="run_team_recent"),
+            # Spans name an external run by its own id (gen_ai.conversation.id): traces.store.
+            models.Index(fields=["team", "external_ref"], name="run_external_ref"),
             models.Index(fields=["agent", "-created_at"], name="run_agent_recent"),
             models.Index(fields=["status", "-created_at"], name="run_status_recent"),
             # What the sweeper looks at: running runs by lease, queued runs by age.

@@ -130,8 +130,11 @@ class _Links:
         self.run_by_trace: dict[str, int] = {}
         self.run_by_ref: dict[str, int] = {}
         if run_pks or refs or trace_ids:
-            found = Run.objects.filter(team=team).filter(
-                Q(pk__in=run_pks) | Q(trace_id__in=trace_ids) | Q(external_ref__in=refs)
+            # Each condition has its index (not the team's: a team may have millions of runs).
+            found = (
+                Run.objects.filter(team=team)
+                .filter(Q(pk__in=run_pks) | Q(trace_id__in=trace_ids) | Q(external_ref__in=refs))
+                .order_by()
             )
             for pk, agent_id, trace_id, ref in found.values_list("id", "agent_id", "trace_id", "external_ref"):
                 self.runs[pk] = agent_id
@@ -471,15 +474,37 @@ def _summaries_save(traces: list[Trace]) -> None:
 
 
 def _discovered_upsert(team: Team, seen: dict[str, dict[str, Any]], now: datetime) -> None:
+    """Record the agents these spans name that the fleet does not know. An agent seen for the
+    first time is inserted with the spans (same transaction); for one already listed, its last
+    sighting and span count are bumped once the spans have committed, in a statement of its
+    own: every batch from a busy unknown agent touches that row, and locking it until the
+    batch's commit would make concurrent batches wait for one another."""
+    keys = sorted(seen)
+    created = {
+        key
+        for (key,) in bulk.insert(
+            DiscoveredAgent,
+            ["team_id", "key", "name", "service_name", "first_seen", "last_seen", "span_count", "adopted_by_label"],
+            [
+                [team.pk, key[:200], seen[key]["name"][:200], seen[key]["service"][:200], now, now, seen[key]["n"], ""]
+                for key in keys
+            ],
+            suffix="ON CONFLICT (team_id, key) DO NOTHING RETURNING key",
+        )
+    }
+    known = [key for key in keys if key[:200] not in created]
+    if known:
+        transaction.on_commit(lambda: _discovered_seen(team.pk, {key: seen[key] for key in known}, now), robust=True)
+
+
+def _discovered_seen(team_id: int, seen: dict[str, dict[str, Any]], now: datetime) -> None:
     table = DiscoveredAgent._meta.db_table
+    at = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
         for key in sorted(seen):
-            info = seen[key]
             cursor.execute(
-                f"INSERT INTO {table} (team_id, key, name, service_name, first_seen, last_seen, span_count, "
-                "adopted_by_label) VALUES (%s, %s, %s, %s, %s, %s, %s, '') "
-                f"ON CONFLICT (team_id, key) DO UPDATE SET last_seen = EXCLUDED.last_seen, "
-                f"span_count = {table}.span_count + EXCLUDED.span_count, "
-                f"name = CASE WHEN EXCLUDED.name <> '' THEN EXCLUDED.name ELSE {table}.name END",
-                [team.pk, key[:200], info["name"][:200], info["service"][:200], now, now, info["n"]],
+                f"UPDATE {table} SET last_seen = CASE WHEN last_seen < %s THEN %s ELSE last_seen END, "
+                "span_count = span_count + %s, name = CASE WHEN %s <> '' THEN %s ELSE name END "
+                "WHERE team_id = %s AND key = %s",
+                [at, at, seen[key]["n"], seen[key]["name"][:200], seen[key]["name"][:200], team_id, key[:200]],
             )

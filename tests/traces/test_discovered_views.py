@@ -31,8 +31,9 @@ def send(client, key: str, agent: str, service: str = "refunds-lambda", times: i
 
 
 @pytest.fixture
-def shadow(client, ingest_key) -> DiscoveredAgent:  # noqa: ANN001
-    send(client, ingest_key, "shadow-refunder", times=3)
+def shadow(client, ingest_key, django_capture_on_commit_callbacks) -> DiscoveredAgent:  # noqa: ANN001
+    with django_capture_on_commit_callbacks(execute=True):  # later sightings are counted after commit
+        send(client, ingest_key, "shadow-refunder", times=3)
     return DiscoveredAgent.objects.get(key="shadow-refunder")
 
 

@@ -24,11 +24,13 @@ pytestmark = pytest.mark.django_db
 SYSTEM = Actor.system("tests")
 
 
-def test_unknown_agents_are_listed_as_discovered(client, ingest_key, team) -> None:
+def test_unknown_agents_are_listed_as_discovered(client, ingest_key, team, django_capture_on_commit_callbacks) -> None:
     for _ in range(2):
         capture = otel.Capture(service="shadow-service")
         otel.genai_refund_trace(capture, agent="shadow-refunder")
-        post(client, ingest_key, otel.protobuf(capture.spans))
+        # The first sighting is stored with the spans; later ones are counted once they commit.
+        with django_capture_on_commit_callbacks(execute=True):
+            post(client, ingest_key, otel.protobuf(capture.spans))
     found = DiscoveredAgent.objects.get()
     assert (found.team, found.key, found.name, found.service_name, found.span_count) == (
         team,
