@@ -43,7 +43,9 @@ def tag_keys() -> tuple[str, ...]:
 
 
 def hour_of(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def _text(value: Any, limit: int) -> str:
@@ -115,18 +117,35 @@ def agent_of(row: dict[str, Any]) -> TraceAgent:
 def dimensions_of(
     row: dict[str, Any], keys: tuple[str, ...] | None = None, inherited: TraceAgent | None = None
 ) -> Dimensions:
-    """The span's dimensions; a span naming no agent takes its trace's (``inherited``)."""
-    attributes = row.get("attributes") or {}
-    resource = row.get("resource") or {}
-    agent_id, agent_key, agent_version = inherited if inherited is not None and not has_agent(row) else agent_of(row)
+    """The span's dimensions; a span naming no agent takes its trace's (``inherited``).
+    (Called for every span stored: ``has_agent``, ``agent_of`` and ``workflow_of`` inlined.)"""
+    get = row.get
+    attributes = get("attributes") or {}
+    resource = get("resource") or {}
+    agent_id = get("agent_id")
+    named = agent_id or get("agent_key") or get("agent_name")
+    if inherited is not None and not named:
+        agent_id, agent_key, agent_version = inherited
+    else:
+        agent_id = int(agent_id or 0)
+        agent_key = "" if agent_id else _text(get("agent_key") or get("agent_name") or "", 200)
+        agent_version = _text(get("agent_version") or "", 100)
+    workflow = ""
+    for name in WORKFLOW_ATTRIBUTES:
+        value = attributes.get(name) or resource.get(name)
+        if value:
+            workflow = _text(value, 200)
+            break
+    model = get("model") or ""
+    provider = get("provider") or ""
     return Dimensions(
-        agent_id=agent_id,
-        agent_key=agent_key,
-        agent_version=agent_version,
-        workflow=workflow_of(attributes, resource),
-        model=_text(row.get("model") or "", 200),
-        provider=_text(row.get("provider") or "", 100),
-        tag=tag_of(attributes, resource, keys),
+        agent_id,
+        agent_key,
+        agent_version,
+        workflow,
+        model[:200] if type(model) is str else _text(model, 200),
+        provider[:100] if type(provider) is str else _text(provider, 100),
+        tag_of(attributes, resource, keys) if keys is None or keys else "",
     )
 
 
