@@ -31,6 +31,7 @@ def insert(
         return []
     table = model._meta.db_table
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    returning = "RETURNING" in suffix.upper()
     returned: list[tuple[Any, ...]] = []
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -39,7 +40,7 @@ def insert(
                 f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {suffix}",
                 [list(column) for column in zip(*rows, strict=True)],
             )
-            return list(cursor.fetchall()) if "RETURNING" in suffix.upper() else []
+            return list(cursor.fetchall()) if returning else []
         fields = _fields(model, tuple(columns))
         placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
         for start in range(0, len(rows), VALUES_CHUNK):
@@ -50,7 +51,7 @@ def insert(
             cursor.execute(
                 f"INSERT INTO {table} ({names}) VALUES {', '.join([placeholders] * len(chunk))} {suffix}", params
             )
-            if "RETURNING" in suffix.upper():
+            if returning:
                 returned += cursor.fetchall()
     return returned
 

@@ -89,7 +89,7 @@ def _json_cell(value: Any) -> str:
 def _dumps(value: Any) -> str:
     try:
         return orjson.dumps(value, default=str).decode()
-    except (orjson.JSONEncodeError, TypeError):  # a lone surrogate from a JSON body, say
+    except (orjson.JSONEncodeError, TypeError):  # beyond orjson (integers past 64 bits): rarer, slower
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -224,6 +224,13 @@ class _Summary:
     models: set[str] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
 
+    @classmethod
+    def of(cls, rows: list[dict[str, Any]]) -> _Summary:
+        summary = cls(rows[0]["start_time"], rows[0]["end_time"])
+        for row in rows:
+            summary.add(row)
+        return summary
+
     def add(self, row: dict[str, Any]) -> None:
         self.spans += 1
         self.started_at = min(self.started_at, row["start_time"])
@@ -351,8 +358,8 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
     trace_ids = sorted(by_trace)
 
     with transaction.atomic():
-        started = {trace_id: _summary_of(team, by_trace[trace_id], now) for trace_id in trace_ids}
-        created = _summaries_insert(list(started.values()))  # in trace id order: no lock cycles
+        # In trace id order, as every writer inserts and locks summaries: no lock cycles.
+        created = _summaries_insert([_summary_of(team, by_trace[trace_id], now) for trace_id in trace_ids])
         continued = [trace_id for trace_id in trace_ids if trace_id not in created]
         summaries = (
             list(Trace.objects.select_for_update().filter(team=team, trace_id__in=continued).order_by("trace_id"))
@@ -376,10 +383,7 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
                 continue
             if trace.span_count:
                 watched.append(trace)
-            summary = _Summary(fresh[0]["start_time"], fresh[0]["end_time"])
-            for row in fresh:
-                summary.add(row)
-            summary.merge_into(trace, now)
+            _Summary.of(fresh).merge_into(trace, now)
             changed.append(trace)
         merged = {t.trace_id for t in changed}
         new_rows = [
@@ -419,9 +423,7 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
 
 def _summary_of(team: Team, rows: list[dict[str, Any]], now: datetime) -> Trace:
     """The summary row of a trace made of ``rows`` alone."""
-    summary = _Summary(rows[0]["start_time"], rows[0]["end_time"])
-    for row in rows:
-        summary.add(row)
+    summary = _Summary.of(rows)
     trace = Trace(team=team, trace_id=rows[0]["trace_id"], started_at=summary.started_at, ended_at=summary.ended_at)
     summary.merge_into(trace, now)
     return trace
