@@ -193,7 +193,7 @@ def test_long_poll_returns_as_soon_as_the_directive_changes(key, external, admin
     def poll() -> None:
         started = time.monotonic()
         try:
-            result["body"] = Client().get(f"/api/v1/runs/{run_id}/directive?wait=20", **auth(key)).json()
+            result["body"] = Client().get(f"/api/v1/runs/{run_id}/directive?wait=30", **auth(key)).json()
             result["seconds"] = time.monotonic() - started
         finally:
             connections.close_all()
@@ -203,9 +203,9 @@ def test_long_poll_returns_as_soon_as_the_directive_changes(key, external, admin
     time.sleep(0.8)
     assert poller.is_alive(), "the poll must wait while nothing changes"
     services.run_pause(actor=Actor.for_user(admin_user), run=Run.objects.get(pk=run_id), reason="hold")
-    poller.join(timeout=15)
+    poller.join(timeout=40)
     assert result["body"]["directive"] == "pause"
-    assert result["seconds"] < 10
+    assert result["seconds"] < 25, "woke when the directive changed, not when the wait ran out"
 
 
 def test_long_poll_times_out_with_the_same_directive(client, key, external) -> None:

@@ -171,13 +171,13 @@ def test_openai_client_errors_are_permanent(openai_server, openai_provider, stat
 
 
 def test_openai_timeout_is_transient(openai_server, openai_provider):
-    openai_server.script(openai_completion("too late", delay=1.5))
+    openai_server.script(openai_completion("too late", delay=30))
 
     started = time.monotonic()
     with pytest.raises(TransientProviderError) as caught:
         openai_provider.chat(ask(timeout=0.3))
 
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 30, "gave up before the answer came, not after"
     assert caught.value.status is None
     assert str(caught.value) == "openai provider 'local-vllm': no answer within 0.3s"
     assert len(openai_server.requests) == 1
@@ -346,13 +346,13 @@ def test_anthropic_client_errors_are_permanent(anthropic_server, anthropic_provi
 
 
 def test_anthropic_timeout_is_transient(anthropic_server, anthropic_provider):
-    anthropic_server.script(anthropic_message("too late", delay=1.5))
+    anthropic_server.script(anthropic_message("too late", delay=30))
 
     started = time.monotonic()
     with pytest.raises(TransientProviderError) as caught:
         anthropic_provider.chat(ask(timeout=0.3))
 
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 30, "gave up before the answer came, not after"
     assert caught.value.status is None
     assert str(caught.value) == "anthropic provider 'claude': no answer within 0.3s"
     assert len(anthropic_server.requests) == 1
@@ -474,7 +474,7 @@ def test_simulated_failure_rate():
 def test_simulated_latency():
     started = time.monotonic()
     sim(latency_ms=150, jitter_ms=20).chat(ask(model="sim-small"))
-    assert 0.12 <= time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.13
 
 
 def test_simulated_latency_beyond_the_timeout_is_a_timeout():
@@ -482,7 +482,7 @@ def test_simulated_latency_beyond_the_timeout_is_a_timeout():
     with pytest.raises(TransientProviderError) as caught:
         sim(latency_ms=5000).chat(ask(model="sim-small", timeout=0.2))
 
-    assert 0.2 <= time.monotonic() - started < 1.0
+    assert 0.2 <= time.monotonic() - started < 5, "waits out the timeout, not the latency"
     assert caught.value.status is None
     assert str(caught.value) == "simulated provider 'sim': no answer within 0.2s"
 
