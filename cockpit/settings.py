@@ -1,19 +1,22 @@
 """Cockpit settings: one module, configured entirely from the environment.
 
-Unset variables fall back to the embedded default (SQLite and a Valkey server on a unix socket,
-both under ``var/``) so ``make demo`` needs no servers; production sets ``DATABASE_URL`` and
-``REDIS_URL``. See README.md § Production for every variable.
+Unset variables fall back to the embedded default (a PostgreSQL cluster and a Valkey server, each
+on a unix socket under ``var/``, started by ``make demo`` or ``manage.py``) so a machine needs no
+servers; production sets ``DATABASE_URL`` and ``REDIS_URL``. See README.md § Production for every
+variable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
+from cockpit.lib import embedded_postgres
 from cockpit.lib.env import (
     env_bool,
     env_database,
@@ -29,9 +32,19 @@ from cockpit.schedule import BEAT_SCHEDULE
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("COCKPIT_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var").resolve()
 
+# `make demo` writes what it configured to var/demo.env, so that manage.py run in another terminal
+# (while the demo runs, or after) finds the same configuration. The environment wins.
+for _line in (VAR_DIR / "demo.env").read_text().splitlines() if (VAR_DIR / "demo.env").exists() else []:
+    _name, _, _value = _line.partition("=")
+    if _name.strip() and not _name.startswith("#"):
+        os.environ.setdefault(_name.strip(), _value.strip())
+
 DEBUG = env_bool("DEBUG", False)
 
 SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY and (VAR_DIR / "secret_key").exists():
+    # The key `make demo` made, so that manage.py in another terminal works as printed.
+    SECRET_KEY = (VAR_DIR / "secret_key").read_text().strip()
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
@@ -108,9 +121,13 @@ TEMPLATES = [
 ]
 
 # --- Database ----------------------------------------------------------------------------------
+# The default is the embedded cluster in var/pg/ (see cockpit/lib/embedded_postgres.py).
 DATABASES = {
-    "default": env_database("DATABASE_URL", f"sqlite:///{VAR_DIR / 'cockpit.sqlite3'}"),
+    "default": env_database("DATABASE_URL", embedded_postgres.url(VAR_DIR / "pg")),
 }
+if env_str("COCKPIT_TEST_DATABASE") and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A test database of its own per test run, so two runs can share one server.
+    DATABASES["default"]["TEST"] = {"NAME": env_str("COCKPIT_TEST_DATABASE")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Test processes (web, worker) started by the suite open the same file, so it cannot live

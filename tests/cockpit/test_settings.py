@@ -81,7 +81,8 @@ def test_redis_urls_for_tcp_and_unix_socket() -> None:
         redis_urls("REDIS_URL", "http://r:6379")
 
 
-def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:
+def _import_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Import the settings in a fresh process with ``env``, away from any demo's var/."""
     clean = {
         k: v
         for k, v in os.environ.items()
@@ -97,7 +98,7 @@ def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:
     }
     return subprocess.run(
         [sys.executable, "-c", "import cockpit.settings"],
-        env={**clean, **env},
+        env={**clean, "COCKPIT_VAR_DIR": str(tmp_path), **env},
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
@@ -105,20 +106,20 @@ def _import_settings(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_secret_key_is_required_when_debug_is_off() -> None:
-    result = _import_settings(ALLOWED_HOSTS="cockpit.example.com")
+def test_secret_key_is_required_when_debug_is_off(tmp_path: Path) -> None:
+    result = _import_settings(tmp_path, ALLOWED_HOSTS="cockpit.example.com")
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
 
 
-def test_allowed_hosts_are_required_when_debug_is_off() -> None:
-    result = _import_settings(SECRET_KEY="x" * 60)
+def test_allowed_hosts_are_required_when_debug_is_off(tmp_path: Path) -> None:
+    result = _import_settings(tmp_path, SECRET_KEY="x" * 60)
     assert result.returncode != 0
     assert "ALLOWED_HOSTS must list the host names" in result.stderr
 
 
-def test_a_typo_in_a_boolean_stops_start_up() -> None:
-    result = _import_settings(DEBUG="flase")
+def test_a_typo_in_a_boolean_stops_start_up(tmp_path: Path) -> None:
+    result = _import_settings(tmp_path, DEBUG="flase")
     assert result.returncode != 0
     assert "DEBUG='flase' is not a boolean" in result.stderr
 
@@ -135,6 +136,7 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
         "EMAIL_HOST": "smtp.example.com",
         "EMAIL_HOST_USER": "cockpit",
         "EMAIL_HOST_PASSWORD": "secret",
+        "COCKPIT_VAR_DIR": str(tmp_path),  # no demo's var/demo.env
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
@@ -157,6 +159,7 @@ def test_check_deploy_flags_missing_smtp(tmp_path: Path) -> None:
         "SECRET_KEY": "s" * 64,
         "ALLOWED_HOSTS": "cockpit.example.com",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+        "COCKPIT_VAR_DIR": str(tmp_path),
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy"],

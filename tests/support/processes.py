@@ -34,7 +34,7 @@ def test_database_url() -> str:
     auth = quote(s["USER"] or "", safe="")
     if s.get("PASSWORD"):
         auth += ":" + quote(s["PASSWORD"], safe="")
-    host = s.get("HOST") or "localhost"
+    host = quote(s.get("HOST") or "localhost", safe="")  # a socket directory is a path
     port = f":{s['PORT']}" if s.get("PORT") else ""
     return f"postgres://{auth}@{host}{port}/{s['NAME']}"
 
