@@ -12,7 +12,7 @@ from cockpit.telemetry import configure_tracing
 from tests.factories import PASSWORD, TeamFactory, UserFactory
 from tests.support import processes
 
-pytest_plugins = ["tests.support.provider_servers"]
+pytest_plugins = ["tests.support.provider_servers", "tests.support.browser"]
 
 # Unit tests of services run tasks in-process; tests that cross processes start real workers
 # (see tests/support/processes.py) and switch this off.

@@ -4,7 +4,6 @@ the strict CSP with no console error (the ``page`` fixture fails on any)."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -14,18 +13,10 @@ from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.services import approval_decide, approval_request_create
 from fleet.models import Tier
 from tests.approvals.test_views_queue import ask
-from tests.browser.conftest import CHROMIUM, browser, page, sign_in  # noqa: F401  (fixtures)
 from tests.factories import SYSTEM
+from tests.support.browser import sign_in
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.processes,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("COCKPIT_REQUIRE_BROWSER"),
-        reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)",
-    ),
-]
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 
 def status_of(request: ApprovalRequest) -> str:

@@ -12,7 +12,6 @@ from django.urls import reverse
 from cockpit.audit import Actor
 from cockpit.models import AuditEvent
 from cockpit.roles import Role
-from tests.browser import conftest as browser_fixtures
 from tests.support import otel
 from tests.support.matrix import matrix
 from tests.traces import stories
@@ -23,7 +22,6 @@ from traces.services import incident_link, incident_note_add, incident_open, inc
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
 EDITORS = {Role.OPERATOR, Role.ADMIN}
-browser = browser_fixtures.browser  # the browser tests' Chromium, for the live test at the end
 
 
 @pytest.fixture
