@@ -51,6 +51,13 @@ class Actor:
         return cls(type=ActorType.SYSTEM, system_name=name)
 
     @classmethod
+    def as_recorded(cls, *, label: str, user: User | None) -> Actor:
+        """The actor a history row names (its label and, for a person, the user), to attribute
+        what follows from that row to the same principal: a worker carrying out a pause names
+        the operator who asked for it."""
+        return cls.for_user(user) if user is not None else cls.system(label)
+
+    @classmethod
     def from_request(cls, request: HttpRequest) -> Actor:
         """The API key the request authenticated with (django-ninja sets ``request.auth``),
         else the session user."""
