@@ -100,6 +100,21 @@ def test_a_pause_a_worker_honours_stays_the_operators(make_agent, start, client,
     assert paused_rows(run) == [("olivia", "olivia")]
 
 
+def test_a_cancellation_a_worker_finishes_stays_the_operators(make_agent, start, client, olivia) -> None:
+    """A cancelled run with a side effect to undo ends at the hands of a worker; the history row
+    that ends it names olivia, who cancelled it."""
+    run = execute(start(make_agent("test-effects"), action="pause", labels=["x"]))
+    assert run.status == RunStatus.PAUSED
+    client.force_login(olivia)
+    client.post(reverse("run-cancel", args=[run.pk]), {"reason": "duplicate ticket"})
+    run.refresh_from_db()
+    assert run.status == RunStatus.PAUSED and run.cancel_requested  # a worker undoes the refund first
+    run = execute(run)
+    ended = RunEvent.objects.get(run=run, kind=RunEvent.Kind.STATUS, to_status=RunStatus.CANCELLED)
+    assert (run.status, ended.actor_label, ended.actor_user) == (RunStatus.CANCELLED, "olivia", olivia)
+    assert ended.reason == "duplicate ticket"
+
+
 # --- The matrix: action × entry point ----------------------------------------------------------
 #
 # Each case is one operator action through one entry point: a browser form (plain, or htmx), the
