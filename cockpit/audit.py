@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 _AUDIT_LOCK_KEY = 0x636F636B  # "cock"
 
 
+LABEL_MAX = 200  # the length of every *_label column
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who performs a write: a signed-in user, an API key, or a named system component."""
@@ -51,6 +54,13 @@ class Actor:
         return cls(type=ActorType.SYSTEM, system_name=name)
 
     @classmethod
+    def as_recorded(cls, *, label: str, user: User | None) -> Actor:
+        """The actor a history row names (its label and, for a person, the user), to attribute
+        what follows from that row to the same principal: a worker carrying out a pause names
+        the operator who asked for it."""
+        return cls.for_user(user) if user is not None else cls.system(label)
+
+    @classmethod
     def from_request(cls, request: HttpRequest) -> Actor:
         """The API key the request authenticated with (django-ninja sets ``request.auth``),
         else the session user."""
@@ -65,7 +75,11 @@ class Actor:
         if self.type == ActorType.USER and self.user is not None:
             return self.user.get_username()
         if self.type == ActorType.API_KEY and self.api_key is not None:
-            return f"{self.api_key.name} ({self.api_key.display_prefix})"
+            # The key, and the person who created it (who answers for what it does).
+            owner = self.api_key.created_by
+            whose = f", {owner.get_username()}'s key" if owner is not None else ""
+            key = f" ({self.api_key.display_prefix}{whose})"
+            return self.api_key.name[: LABEL_MAX - len(key)] + key
         return self.system_name
 
     @property

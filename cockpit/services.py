@@ -219,7 +219,7 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
     if not raw_key.startswith("ck_") or len(raw_key) < 4 + ApiKey.PREFIX_LEN:
         return None
     prefix = raw_key[3 : 3 + ApiKey.PREFIX_LEN]
-    api_key = ApiKey.objects.select_related("team").filter(prefix=prefix).first()
+    api_key = ApiKey.objects.select_related("team", "created_by").filter(prefix=prefix).first()
     if api_key is None or not secrets.compare_digest(api_key.secret_hash, ApiKey.hash_secret(raw_key)):
         return None
     if api_key.revoked_at is not None:

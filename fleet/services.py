@@ -92,6 +92,26 @@ def _save_transition(run: Run, new: str, actor: Actor, reason: str = "", **data:
     return event
 
 
+def _directive_author(run: Run, directive: str) -> Actor:
+    """Who asked for the pause or cancellation the run is now carrying out: the author of its
+    latest such directive. Whatever makes the run stop (an approver's decision, a worker at a
+    step boundary) only carries the request out; the history names the one who asked."""
+    event = (
+        run.events.filter(kind=RunEvent.Kind.DIRECTIVE, data__directive=directive)
+        .select_related("actor_user")
+        .order_by("-id")
+        .first()
+    )
+    if event is None:
+        return RUNTIME
+    return Actor.as_recorded(label=event.actor_label, user=event.actor_user)
+
+
+def _carry_out(run: Run, directive: str, new: str, reason: str) -> RunEvent:
+    """Honour a requested pause or cancellation: the transition is the requester's."""
+    return _save_transition(run, new, _directive_author(run, directive), reason, carries_out=directive)
+
+
 # --- Agents -----------------------------------------------------------------------------------
 
 
@@ -618,12 +638,7 @@ def _decide_approval_step(
     # The run continues (to execute the action, or to take its rejection path) unless a pause
     # was asked for while it waited.
     if run.pause_requested:
-        _save_transition(
-            run,
-            RunStatus.PAUSED,
-            actor,
-            run.directive_reason or "paused while waiting for approval",
-        )
+        _carry_out(run, "pause", RunStatus.PAUSED, run.directive_reason or "paused while waiting for approval")
     else:
         run.lease_owner, run.lease_expires_at = "", None
         _save_transition(run, RunStatus.RUNNING, actor, "approved" if approved else "rejected")
@@ -698,7 +713,7 @@ def run_claim(*, run_id: int, owner: str) -> Run | None:
     )
     if run.status == RunStatus.QUEUED:
         if run.pause_requested:
-            _save_transition(run, RunStatus.PAUSED, RUNTIME, run.directive_reason or "paused before it started")
+            _carry_out(run, "pause", RunStatus.PAUSED, run.directive_reason or "paused before it started")
             publish_run(run)
             return None
         _save_transition(run, RunStatus.RUNNING, RUNTIME, "picked up by a worker")
@@ -928,7 +943,12 @@ def run_release(
     if error:
         locked.error = error[:4000]
     if status is not None and status != locked.status:
-        _save_transition(locked, status, RUNTIME, reason)
+        if status == RunStatus.PAUSED and locked.pause_requested:
+            _carry_out(locked, "pause", status, reason)
+        elif status == RunStatus.CANCELLED and locked.cancel_requested:
+            _carry_out(locked, "cancel", status, reason)
+        else:
+            _save_transition(locked, status, RUNTIME, reason)
     else:
         locked.save()
     if requeue:

@@ -641,6 +641,8 @@ def _event_action(event: RunEvent) -> str | None:
         return {"continue": "resume"}.get(str(data.get("directive")), str(data.get("directive") or "")) or None
     if event.kind == "override":
         return "override"
+    if event.kind == "status" and data.get("carries_out"):
+        return None  # a requested pause or cancellation taking effect: the request is the action
     if event.kind == "status" and event.actor_user_id is not None and event.to_status in STATUS_WORDS:
         if event.to_status == "running" and event.from_status != "paused":
             return None

@@ -263,3 +263,28 @@ def test_a_trace_whose_root_has_not_arrived_has_no_outcome_yet(client, ingest_ke
 )
 def test_tool_calls_are_phrased_from_their_name_and_key_arguments(tool, args, text) -> None:
     assert humanise_call(tool, args).text == text
+
+
+def test_a_pause_taking_effect_when_someone_else_decides_is_told_once_as_the_operators(team, make_user) -> None:
+    """olivia paused the run; the pause took effect minutes later, when dana's approval let the
+    run go on. The story tells olivia's pause once, and never as dana's."""
+    from datetime import timedelta
+
+    from fleet.models import RunEvent
+
+    olivia = make_user(Role.OPERATOR, team, username="olivia")
+    story = stories.managed_refund(team, operator=Actor.for_user(olivia), wait_seconds=240)
+    RunEvent.objects.create(
+        run=story.run,
+        at=stories.T0 + timedelta(seconds=243),
+        kind=RunEvent.Kind.STATUS,
+        from_status="waiting_approval",
+        to_status="paused",
+        actor_label="olivia",
+        actor_user=olivia,
+        reason="checking the refund amount",
+        data={"carries_out": "pause"},
+    )
+    order = texts(told(story.trace))
+    assert order.count("paused by olivia") == 1
+    assert not any(text.endswith("by dana") and "paused" in text for text in order)
