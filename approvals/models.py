@@ -209,6 +209,13 @@ class ApprovalRequest(models.Model):
     decision_reason = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=200, blank=True)
     callback_url = models.URLField(blank=True)
+    # What an approval binds: SHA-256 of the canonical JSON of the action and the arguments that
+    # will run (``cockpit.lib.actionhash``); checked again just before the action is carried out.
+    action_hash = models.CharField(max_length=64, blank=True)
+    # Tier 4 (Manual): the agent only proposes; the approver carries the action out and records
+    # its result, which the run receives as the step's result.
+    manual = models.BooleanField(default=False)
+    result = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["deadline", "id"]
