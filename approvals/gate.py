@@ -105,6 +105,13 @@ class CedarApprovalGate:
             policy=_policy_of(decision),
         )
 
+    def approved(self, *, team_id: int, action_hash: str) -> bool:
+        return ApprovalRequest.objects.filter(
+            team_id=team_id,
+            action_hash=action_hash,
+            status__in=[ApprovalStatus.APPROVED, ApprovalStatus.APPROVED_WITH_EDITS],
+        ).exists()
+
 
 def _policy_of(decision: GateDecision) -> Any:
     from approvals.models import Policy

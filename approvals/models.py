@@ -239,6 +239,8 @@ class ApprovalRequest(models.Model):
             # The queue: a team's pending requests by deadline.
             models.Index(fields=["team", "deadline"], condition=Q(status="pending"), name="approval_team_pending"),
             models.Index(fields=["agent", "action", "-created_at"], name="approval_agent_action"),
+            # An external agent's execution report names the approval by its hash.
+            models.Index(fields=["team", "action_hash"], condition=~Q(action_hash=""), name="approval_action_hash"),
         ]
 
     def __str__(self) -> str:

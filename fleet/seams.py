@@ -95,6 +95,11 @@ class ApprovalGate(Protocol):
         review afterwards; ``step`` is the tool step that made it."""
         ...
 
+    def approved(self, *, team_id: int, action_hash: str) -> bool:
+        """Whether a decision of the team approved the action with this hash (an external
+        agent's execution report names it)."""
+        ...
+
 
 class InterimApprovalGate:
     """Side-effecting tools of tier 3–4 agents need a human; an operator's resume approves."""
@@ -117,6 +122,9 @@ class InterimApprovalGate:
 
     def review(self, **kwargs: Any) -> None:
         return None
+
+    def approved(self, *, team_id: int, action_hash: str) -> bool:
+        return False  # no approvals app: no decision to vouch for it
 
 
 # --- Budget -----------------------------------------------------------------------------------

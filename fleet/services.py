@@ -1013,6 +1013,22 @@ EXTERNAL_FINAL = {
 }
 
 
+def _approval_mismatch(run: Run, name: str, report: dict[str, Any]) -> dict[str, Any] | None:
+    """An external agent's step reported with ``approval_hash``: ``None`` when the tool and input
+    it reports are exactly what a decision of the run's team approved, else why not."""
+    from fleet import seams
+
+    claimed = report.get("approval_hash")
+    if not claimed:
+        return None
+    actual = compute_action_hash(name, report.get("input") or {})
+    if actual != claimed:
+        return {"why": "the reported tool and input are not what was approved", "action_hash": actual}
+    if not seams.current.approval_gate.approved(team_id=run.team_id, action_hash=claimed):
+        return {"why": "no approval of this team carries this hash", "action_hash": actual}
+    return None
+
+
 @transaction.atomic
 def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
     """An external agent reports a step it took, or how the run ended."""
@@ -1032,15 +1048,21 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
         seq = (run.steps.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
         cost = report.get("cost")
         now = timezone.now()
+        name = str(report.get("name", step_kind))[:160]
+        output, error = report.get("output"), str(report.get("error", ""))
+        refusal = _approval_mismatch(run, name, report)
+        if refusal is not None:
+            status, error = StepStatus.FAILED, f"approval does not match the action: {refusal['why']}"
+            output = {"error_type": "ApprovalMismatch", "reported_status": report.get("status"), **refusal}
         step = Step.objects.create(
             run=run,
             seq=seq,
             kind=step_kind,
-            name=str(report.get("name", step_kind))[:160],
+            name=name,
             status=status,
             input=json_safe(report.get("input") or {}),
-            output=json_safe(report.get("output")),
-            error=str(report.get("error", ""))[:4000],
+            output=json_safe(output),
+            error=error[:4000],
             model=str(report.get("model", ""))[:160],
             tokens_in=int(report.get("tokens_in") or 0),
             tokens_out=int(report.get("tokens_out") or 0),
@@ -1057,6 +1079,9 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
             step_count=F("step_count") + 1,
             updated_at=now,
         )
+        if refusal is not None:
+            audit_record(actor=actor, action="step.refuse", obj=run, after={"step": seq, **output}, reason=error)
+            run.refused = error  # type: ignore[attr-defined]
         publish_run(run, "run.step", seq=seq)
         return run
     if kind == "status":
