@@ -8,7 +8,8 @@ The runtime asks three questions it cannot answer itself, and hands over what it
 * **span sink** — where do the runtime's spans go? (traces fills it).
 
 Each has a default that works on its own: side-effecting tools of tier 3–4 agents wait for a
-human (an operator's resume counts as the approval); a run stops at its own budget; simulated
+human (an operator's resume counts as the approval; at tier 4 it cannot, as nobody records the
+result of carrying the action out); a run stops at its own budget; simulated
 models carry their made-up prices, real models are unpriced; spans are discarded. A higher
 app replaces one with ``register(...)`` in its ``AppConfig.ready()``.
 """
