@@ -1080,7 +1080,7 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
             updated_at=now,
         )
         if refusal is not None:
-            audit_record(actor=actor, action="step.refuse", obj=run, after={"step": seq, **output}, reason=error)
+            audit_record(actor=actor, action="step.refuse", obj=run, after={"step": seq, **refusal}, reason=error)
             run.refused = error  # type: ignore[attr-defined]
         publish_run(run, "run.step", seq=seq)
         return run

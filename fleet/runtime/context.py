@@ -199,7 +199,7 @@ class RunContext:
             elif decision.verdict == "approve":
                 approval = self._approve(spec, args, decision)
         outcome = self._approval_outcome(approval) if approval is not None else None
-        if outcome is not None and outcome.get("edited_args"):
+        if outcome is not None and outcome.get("edited_args") is not None:
             args = outcome["edited_args"]
         seq = self._next_seq()
         done = self._replay(seq, StepKind.TOOL, name)
