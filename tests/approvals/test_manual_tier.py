@@ -159,3 +159,17 @@ def test_an_external_tier_4_agent_only_proposes(client, make_agent, team, approv
     client.logout()
     seen = client.get(f"/api/v1/approvals/{asked['id']}", **auth).json()
     assert (seen["status"], seen["result"]) == ("approved", {"merged": True})
+
+
+def test_a_tool_that_fails_in_the_approvers_hands_decides_nothing(make_agent, approvers) -> None:
+    from approvals.services import approval_request_create
+
+    agent = make_agent("test-refund", tier=Tier.MANUAL)
+    request, _ = approval_request_create(
+        actor=Actor.system("tests"), agent=agent, action="test.boom", arguments={}, manual=True, notify=False
+    )
+    with pytest.raises(ValidationError, match="test.boom failed: ValueError: the CRM said no"):
+        approval_execute(actor=Actor.for_user(approvers["ana"]), request=request)
+    request.refresh_from_db()
+    assert request.is_pending and request.result is None
+    assert not AuditEvent.objects.filter(action="approval.approve", object_id=str(request.pk)).exists()
