@@ -22,13 +22,13 @@ from ninja import Field, Query, Router, Schema, Status
 
 from approvals import cedar
 from approvals.models import ApprovalRequest, ApprovalStatus
-from approvals.services import AlreadyDecided, approval_decide, approval_request_create, judge
+from approvals.services import AlreadyDecided, PolicyRefusal, approval_decide, approval_request_create, judge
 from cockpit import access
 from cockpit.api import api, key_or_session, session_auth
 from cockpit.audit import Actor
 from cockpit.models import ApiKey, Scope
 from cockpit.roles import TeamPerm
-from fleet.models import Agent, Risk, Tool
+from fleet.models import Agent, Risk, Tier, Tool
 
 router = Router(tags=["approvals"])
 MAX_WAIT_SECONDS = 30
@@ -68,6 +68,13 @@ class ApprovalOut(Schema):
     decided_by: str | None = Field(None, alias="decided_by_label")
     decided_at: datetime | None
     decision_reason: str
+    action_hash: str | None = Field(
+        None,
+        description="approved: SHA-256 (hex) of the canonical JSON of the action and final_arguments; send it "
+        "back as approval_hash when you report the step",
+    )
+    manual: bool = Field(description="tier 4: the approver carries the action out; do not execute it yourself")
+    result: Any = Field(None, description="manual: what the approver recorded when carrying it out")
     external_ref: str
     run: int | None = Field(None, alias="run_id")
     created_at: datetime
@@ -80,6 +87,10 @@ class ApprovalOut(Schema):
     def resolve_decided_by(request: ApprovalRequest) -> str | None:
         return request.decided_by_label or None
 
+    @staticmethod
+    def resolve_action_hash(request: ApprovalRequest) -> str | None:
+        return request.action_hash or None
+
 
 class ApprovalPageOut(Schema):
     items: list[ApprovalOut]
@@ -90,6 +101,7 @@ class DecisionIn(Schema):
     decision: Literal["approve", "reject"]
     reason: str = Field("", max_length=4000, description="required to reject")
     edited_arguments: dict[str, Any] | None = Field(None, description="approve with these arguments instead")
+    result: Any = Field(None, description="manual (tier 4) requests: the outcome of carrying the action out")
 
 
 def _requests() -> Any:
@@ -135,11 +147,13 @@ def approval_create(request: HttpRequest, payload: ApprovalIn) -> Status:
     verdict, policies = judge(
         team=agent.team, agent=agent, tool=payload.action, risk=risk, side_effect=side_effect, context=context
     )
+    # Tier 4 (Manual): the agent only proposes; a person carries out every side effect.
+    manual = agent.tier == Tier.MANUAL and side_effect
     status = (
         ApprovalStatus.REJECTED
         if not verdict.allowed
         else ApprovalStatus.APPROVED
-        if verdict.unattended
+        if verdict.unattended and not manual
         else ApprovalStatus.PENDING
     )
     created, _ = approval_request_create(
@@ -150,8 +164,19 @@ def approval_create(request: HttpRequest, payload: ApprovalIn) -> Status:
         reasoning=payload.reasoning,
         confidence=payload.confidence,
         risk=risk,
-        policy_decision={"explain": verdict.explain(), "policies": [p.ref for p in policies], "context": context},
+        policy_decision={
+            "explain": verdict.explain()
+            if not (manual and verdict.unattended)
+            else "tier 4 (Manual): a person carries it out",
+            "policies": [p.ref for p in policies],
+            "context": context,
+            "extra": payload.context,
+            "side_effect": side_effect,
+            "level": verdict.level,
+        },
         policy=policies[-1] if policies else None,
+        level=verdict.level if status == ApprovalStatus.PENDING else 1,
+        manual=manual and status == ApprovalStatus.PENDING,
         external_ref=payload.external_ref,
         idempotency_key=key,
         callback_url=payload.callback_url or "",
@@ -225,15 +250,36 @@ async def approval_detail(
     auth=session_auth,
     summary="Decide: approve (optionally with edited arguments) or reject (with a reason)",
 )
-def approval_decision(request: HttpRequest, approval_id: int, payload: DecisionIn) -> ApprovalRequest:
+def approval_decision(request: HttpRequest, approval_id: int, payload: DecisionIn) -> ApprovalRequest | HttpResponse:
+    """403: not yours to decide; 409: already decided; 422: refused as asked (no reason for a
+    rejection, edited arguments the tool or policy refuses, a manual request without its result),
+    and nothing changed: the request stays pending and decidable."""
     found = _request_for(request.user, approval_id)
-    return approval_decide(
-        actor=Actor.from_request(request),
-        request=found,
-        approve=payload.decision == "approve",
-        reason=payload.reason,
-        edited_arguments=payload.edited_arguments,
+    try:
+        return approval_decide(
+            actor=Actor.from_request(request),
+            request=found,
+            approve=payload.decision == "approve",
+            reason=payload.reason,
+            edited_arguments=payload.edited_arguments,
+            result=payload.result,
+        )
+    except AlreadyDecided:
+        raise
+    except PolicyRefusal as exc:
+        return _refused(request, exc, policy=exc.rules, **({"level": exc.level} if exc.level else {}))
+    except ValidationError as exc:
+        return _refused(request, exc)
+
+
+def _refused(request: HttpRequest, exc: ValidationError, **extra: Any) -> HttpResponse:
+    errors = (
+        [{"field": f, "message": " ".join(m)} for f, m in exc.message_dict.items()]
+        if hasattr(exc, "error_dict")
+        else [{"field": "", "message": m} for m in exc.messages]
     )
+    detail = "; ".join(e["message"] for e in errors)
+    return api.create_response(request, {"detail": detail, "errors": errors, **extra}, status=422)
 
 
 @api.exception_handler(AlreadyDecided)

@@ -7,6 +7,10 @@ Entities: the agent (``Cockpit::Agent``, member of its ``Cockpit::Team``; ``tier
 ``confidence_pct`` (0–100), ``amount_cents``, ``currency``, ``customer_segment``, and ``sample``
 (0–99, the same for a given run step: policies may use it to sample).
 
+A rule that makes a person decide (a ``forbid`` on ``execute_unattended``) may say from which
+escalation level up they decide, with ``@level("2")``: the request starts at that level, and an
+edit that such a rule catches cannot be approved at a lower one.
+
 Parsed policy sets are cached per (global version, team version). cedarpy fails closed
 silently on a bad policy, so every source is parsed with ``PolicySet.from_str`` (which raises)
 and validated against the schema before it is saved, and every evaluation reads
@@ -15,6 +19,8 @@ and validated against the schema before it is saved, and every evaluation reads
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -114,6 +120,20 @@ class Verdict:
     needs_human_by: list[str]  # @ids of forbid rules that stopped "execute_unattended" ([] = no permit)
     permitted_by: list[str]
     errors: list[str]
+    # The lowest escalation level at which a person may decide (the highest ``@level`` among the
+    # rules that made a person necessary; 1 when none says).
+    level: int = 1
+    # The ``@description`` of each forbid rule that stopped "execute", by its @id.
+    forbidden_because: dict[str, str] = field(default_factory=dict)
+
+    def refusal(self) -> str:
+        """Why "execute" was denied, in the rules' own words: "<@id>: <@description>"."""
+        if not self.forbidden_by:
+            return "no policy allows this action"
+        return "; ".join(
+            f"{rule}: {self.forbidden_because[rule]}" if self.forbidden_because.get(rule) else rule
+            for rule in self.forbidden_by
+        )
 
     def explain(self) -> str:
         if not self.allowed:
@@ -134,17 +154,38 @@ def validate(source: str) -> list[str]:
     except ValueError as exc:
         return [f"Cedar syntax: {exc}"]
     result = cedarpy.validate_policies(source, SCHEMA)
-    if result.validation_passed:
-        return []
-    names = getattr(result, "id_annotations_by_policy_id", {}) or {}
-    return [f"{names.get(e.policy_id, e.policy_id)}: {e.error}" for e in result.errors]
+    problems = []
+    if not result.validation_passed:
+        names = getattr(result, "id_annotations_by_policy_id", {}) or {}
+        problems = [f"{names.get(e.policy_id, e.policy_id)}: {e.error}" for e in result.errors]
+    for policy_id, notes in _annotations(source).items():
+        level = notes.get("level")
+        if level is not None and level not in {"1", "2", "3", "4"}:
+            problems.append(f'{notes.get("id", policy_id)}: @level is "1" to "4", not "{level}".')
+    return problems
+
+
+def _annotations(source: str) -> dict[str, dict[str, str]]:
+    """Each rule's annotations (``@id``, ``@description``, ``@level``…) by Cedar's policy id."""
+    parsed = json.loads(cedarpy.policies_to_json_str(source))
+    return {pid: rule.get("annotations") or {} for pid, rule in parsed.get("staticPolicies", {}).items()}
 
 
 _lock = threading.Lock()
-_cache: dict[tuple[tuple[int, str], ...], cedarpy.PolicySet] = {}
 
 
-def policy_set(sources: list[tuple[int, str]]) -> cedarpy.PolicySet:
+@dataclass(frozen=True)
+class Parsed:
+    """A parsed policy set and its rules' annotations (by Cedar's policy id)."""
+
+    policies: cedarpy.PolicySet
+    annotations: dict[str, dict[str, str]]
+
+
+_cache: dict[tuple[tuple[int, str], ...], Parsed] = {}
+
+
+def policy_set(sources: list[tuple[int, str]]) -> Parsed:
     """The parsed set of these (policy id, source) pairs, parsed once per process. Keyed by the
     sources too: an id alone can name another source where ids are reused (SQLite reuses the
     ids of rolled-back rows)."""
@@ -152,7 +193,8 @@ def policy_set(sources: list[tuple[int, str]]) -> cedarpy.PolicySet:
     with _lock:
         found = _cache.get(key)
         if found is None:
-            found = cedarpy.PolicySet.from_str("\n".join(source for _, source in sources))
+            text = "\n".join(source for _, source in sources)
+            found = Parsed(cedarpy.PolicySet.from_str(text), _annotations(text))
             if len(_cache) > 256:
                 _cache.clear()
             _cache[key] = found
@@ -185,9 +227,10 @@ def entities(subject: Subject) -> list[dict[str, Any]]:
     ]
 
 
-def evaluate(policies: cedarpy.PolicySet, subject: Subject) -> Verdict:
+def evaluate(parsed: Parsed, subject: Subject) -> Verdict:
     ents = entities(subject)
     results = {}
+    decisive: dict[str, list[str]] = {}
     errors: list[str] = []
     for action in ("execute", "execute_unattended"):
         request = {
@@ -196,7 +239,7 @@ def evaluate(policies: cedarpy.PolicySet, subject: Subject) -> Verdict:
             "resource": {"type": "Cockpit::Tool", "id": subject.tool},
             "context": subject.context,
         }
-        result = cedarpy.is_authorized(request, policies, ents)
+        result = cedarpy.is_authorized(request, parsed.policies, ents)
         if result.diagnostics.errors:
             errors += [str(e) for e in result.diagnostics.errors]
             logger.error(
@@ -204,8 +247,20 @@ def evaluate(policies: cedarpy.PolicySet, subject: Subject) -> Verdict:
             )
         names = result.diagnostics.id_annotations_by_reason or {}
         results[action] = (result.allowed, [names.get(r, r) for r in result.diagnostics.reasons])
+        decisive[action] = list(result.diagnostics.reasons)
     allowed, allow_reasons = results["execute"]
     unattended, unattended_reasons = results["execute_unattended"]
+    notes = parsed.annotations
+    level = 1
+    if allowed and not unattended:
+        for pid in decisive["execute_unattended"]:
+            with contextlib.suppress(ValueError):
+                level = max(level, min(4, int(notes.get(pid, {}).get("level", 1))))
+    because = {}
+    if not allowed:
+        because = {
+            notes.get(pid, {}).get("id", pid): notes.get(pid, {}).get("description", "") for pid in decisive["execute"]
+        }
     return Verdict(
         allowed=allowed,
         unattended=allowed and unattended,
@@ -213,6 +268,8 @@ def evaluate(policies: cedarpy.PolicySet, subject: Subject) -> Verdict:
         needs_human_by=[] if unattended else unattended_reasons,
         permitted_by=unattended_reasons if unattended else allow_reasons,
         errors=errors,
+        level=level,
+        forbidden_because=because,
     )
 
 

@@ -74,8 +74,26 @@ class QueueFilterForm(forms.Form):
 # --- Decisions --------------------------------------------------------------------------------
 
 
+class ResultField(forms.CharField):
+    """A manual (tier 4) request's result: what happened when the approver carried it out. JSON
+    when it parses as JSON (``{"refund_id": "R-88"}``), else the text as written."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, max_length=20_000, widget=forms.Textarea(attrs={"rows": 3}), **kwargs)
+
+    def clean(self, value: Any) -> Any:
+        text = super().clean(value).strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+
 class ApproveForm(forms.Form):
     note = forms.CharField(required=False, max_length=REASON_MAX)
+    result = ResultField()
 
 
 class EditForm(forms.Form):
@@ -83,6 +101,7 @@ class EditForm(forms.Form):
 
     arguments = forms.CharField(widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}))
     note = forms.CharField(required=False, max_length=REASON_MAX)
+    result = ResultField()
 
     @classmethod
     def for_arguments(cls, arguments: dict[str, Any]) -> EditForm:
@@ -98,6 +117,18 @@ class EditForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError('The arguments are a JSON object: {"name": value, …}.')
         return value
+
+
+class ExecuteForm(forms.Form):
+    """A manual request carried out through Cockpit's tool, as proposed or with these arguments."""
+
+    arguments = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}))
+    note = forms.CharField(required=False, max_length=REASON_MAX)
+
+    def clean_arguments(self) -> dict[str, Any] | None:
+        if not self.cleaned_data["arguments"].strip():
+            return None
+        return EditForm.clean_arguments(self)  # type: ignore[arg-type]
 
 
 class RejectForm(forms.Form):

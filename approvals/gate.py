@@ -27,6 +27,10 @@ class CedarApprovalGate:
             "policies": [p.ref for p in policies],
             "policy_ids": [p.pk for p in policies],
             "context": ctx,
+            # What an edit of the arguments is judged with, besides the arguments themselves.
+            "extra": context.data,
+            "side_effect": tool.side_effect,
+            "level": verdict.level,
             "explain": verdict.explain(),
             "errors": verdict.errors,
         }
@@ -65,6 +69,8 @@ class CedarApprovalGate:
             risk=tool.risk if tool else "medium",
             policy_decision={"reason": decision.reason, "rules": decision.policy, **decision.data},
             policy=_policy_of(decision),
+            level=int(decision.data.get("level") or 1),
+            manual=bool(step.input.get("manual")),
         )
         return None  # the run waits; approval_decide lets it go on
 
@@ -98,6 +104,13 @@ class CedarApprovalGate:
             policy_decision={"reason": "sampled for review after the fact", "rules": decision.policy, **decision.data},
             policy=_policy_of(decision),
         )
+
+    def approved(self, *, team_id: int, action_hash: str) -> bool:
+        return ApprovalRequest.objects.filter(
+            team_id=team_id,
+            action_hash=action_hash,
+            status__in=[ApprovalStatus.APPROVED, ApprovalStatus.APPROVED_WITH_EDITS],
+        ).exists()
 
 
 def _policy_of(decision: GateDecision) -> Any:

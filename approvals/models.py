@@ -209,6 +209,13 @@ class ApprovalRequest(models.Model):
     decision_reason = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=200, blank=True)
     callback_url = models.URLField(blank=True)
+    # What an approval binds: SHA-256 of the canonical JSON of the action and the arguments that
+    # will run (``cockpit.lib.actionhash``); checked again just before the action is carried out.
+    action_hash = models.CharField(max_length=64, blank=True)
+    # Tier 4 (Manual): the agent only proposes; the approver carries the action out and records
+    # its result, which the run receives as the step's result.
+    manual = models.BooleanField(default=False)
+    result = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["deadline", "id"]
@@ -232,6 +239,8 @@ class ApprovalRequest(models.Model):
             # The queue: a team's pending requests by deadline.
             models.Index(fields=["team", "deadline"], condition=Q(status="pending"), name="approval_team_pending"),
             models.Index(fields=["agent", "action", "-created_at"], name="approval_agent_action"),
+            # An external agent's execution report names the approval by its hash.
+            models.Index(fields=["team", "action_hash"], condition=~Q(action_hash=""), name="approval_action_hash"),
         ]
 
     def __str__(self) -> str:

@@ -328,6 +328,18 @@ def _shown(value: Any) -> ArgumentRow:
     return ArgumentRow("", json.dumps(value, indent=indent, ensure_ascii=False, cls=DjangoJSONEncoder), True)
 
 
+def tool_is_callable(name: str) -> bool:
+    """Whether Cockpit has this tool registered, so that an approver can carry a manual request
+    out through it from the pane."""
+    from fleet.runtime import registry
+
+    try:
+        registry.get_tool(name)
+    except LookupError:
+        return False
+    return True
+
+
 def argument_rows(arguments: Mapping[str, Any]) -> list[ArgumentRow]:
     rows = []
     for key, value in arguments.items():

@@ -40,6 +40,7 @@ from approvals.models import (
 )
 from cockpit import live
 from cockpit.audit import Actor, audit_record
+from cockpit.lib.actionhash import action_hash
 from cockpit.models import ActorType, Team
 from fleet.models import Agent, Run, Tool
 
@@ -50,6 +51,17 @@ ESCALATOR = Actor.system("escalation sweeper")
 
 class AlreadyDecided(ValidationError):
     """Someone else decided first (or the request escalated away, expired, was withdrawn)."""
+
+
+class PolicyRefusal(ValidationError):
+    """Policy refuses the edited arguments: a ``forbid`` on ``execute`` (``rules`` are its @ids),
+    or they need a person at a higher level than the request is at (``level``). Nothing is
+    decided; the request stays pending."""
+
+    def __init__(self, message: str, *, rules: list[str], level: int | None = None) -> None:
+        super().__init__({"edited_arguments": [message]})
+        self.rules = rules
+        self.level = level
 
 
 def json_safe(value: Any) -> Any:
@@ -180,6 +192,38 @@ def judge(
         context=context,
     )
     return cedar.evaluate(cedar.policy_set([(p.pk, p.source) for p in policies]), subject), policies
+
+
+def judge_arguments(request: ApprovalRequest, arguments: dict[str, Any]) -> cedar.Verdict:
+    """Put the request's action with these arguments to the policies in force, the same way its
+    proposal was: same agent, tool, risk, confidence, extra context and sample number; only what
+    the arguments say (amount, currency, segment) comes from ``arguments``."""
+    decision = request.policy_decision or {}
+    stored = decision.get("context") or {}
+    extra = decision.get("extra")
+    if not isinstance(extra, dict):  # requests made before the extra context was kept
+        extra = {k: stored[k] for k in ("customer_segment",) if k in stored}
+    context = cedar.context_for(
+        args=arguments, confidence=request.confidence, extra=extra, sample=int(stored.get("sample", 0))
+    )
+    verdict, _ = judge(
+        team=request.team,
+        agent=request.agent,
+        tool=request.action,
+        risk=request.risk,
+        side_effect=bool(decision.get("side_effect", True)),
+        context=context,
+    )
+    return verdict
+
+
+def start_level(escalation: EscalationPolicy | None, wanted: int) -> int:
+    """The level a request starts at when policy asks for ``wanted`` (``@level``): that level,
+    or the escalation policy's last one if it has fewer; L1 without an escalation policy."""
+    if escalation is None:
+        return 1
+    last = max((lv.level for lv in escalation.levels.all()), default=1)
+    return max(1, min(wanted, last))
 
 
 def sample_number(*parts: object) -> int:
@@ -348,10 +392,14 @@ def approval_request_create(
     status: str = ApprovalStatus.PENDING,
     decided_by_label: str = "",
     notify: bool = True,
+    level: int = 1,
+    manual: bool = False,
 ) -> tuple[ApprovalRequest, bool]:
     """Ask the right humans about an action (or record that policy decided it at once, with
     ``status``). Returns ``(request, created)``: an idempotency key seen before returns the
-    request created the first time."""
+    request created the first time. ``level`` is the level policy asks for (``@level``): the
+    request starts there (or at the escalation policy's last level). ``manual``: a tier-4
+    agent's proposal, which the approver carries out."""
     team = agent.team
     if idempotency_key:
         existing = ApprovalRequest.objects.filter(team=team, idempotency_key=idempotency_key).first()
@@ -363,8 +411,10 @@ def approval_request_create(
         raise ValidationError({"arguments": "The arguments are a JSON object."})
     escalation = escalation_policy_for(team, agent, risk)
     levels = _levels(escalation)
-    first = levels[0] if levels else None
+    level = start_level(escalation, level)
+    first = next((lv for lv in levels if lv.level == level), None)
     now = timezone.now()
+    arguments = json_safe(arguments)
     request = ApprovalRequest.objects.create(
         kind=kind,
         team=team,
@@ -373,7 +423,7 @@ def approval_request_create(
         step_seq=step_seq,
         external_ref=external_ref[:200],
         action=action[:160],
-        arguments=json_safe(arguments),
+        arguments=arguments,
         reasoning=reasoning[:8000],
         reasoning_step=reasoning_step,
         confidence=confidence,
@@ -382,7 +432,7 @@ def approval_request_create(
         policy_decision=json_safe(policy_decision or {}),
         status=status,
         escalation_policy=escalation,
-        level=1,
+        level=level,
         deadline=now + timedelta(seconds=first.sla_seconds if first else DEFAULT_SLA_SECONDS),
         requested_by_label=actor.label,
         run_started_by=run.created_by if run else None,
@@ -390,13 +440,15 @@ def approval_request_create(
         callback_url=callback_url,
         decided_by_label=decided_by_label,
         decided_at=now if status != ApprovalStatus.PENDING else None,
+        action_hash=action_hash(action[:160], arguments) if status == ApprovalStatus.APPROVED else "",
+        manual=manual,
     )
     ApprovalEvent.objects.create(
         request=request,
         kind=ApprovalEvent.Kind.CREATED,
         new=status,
         actor_label=actor.label,
-        data={"level": 1, "policy": (policy_decision or {}).get("explain", "")},
+        data={"level": level, "policy": (policy_decision or {}).get("explain", "")},
     )
     if status == ApprovalStatus.PENDING and kind == ApprovalKind.APPROVAL and notify:
         _notify(request, first)
@@ -497,12 +549,34 @@ def approval_decide(
     approve: bool,
     reason: str = "",
     edited_arguments: dict[str, Any] | None = None,
+    result: Any = None,
 ) -> ApprovalRequest:
     """Decide a pending request: approve (as proposed, or with edited arguments) or reject (a
     reason is required). Two approvers racing: the row lock lets one decide; the other gets
-    ``AlreadyDecided`` naming who did. An approval lets the waiting run go on at once."""
-    from fleet import services as fleet_services
+    ``AlreadyDecided`` naming who did. An approval lets the waiting run go on at once.
 
+    Edited arguments are put to policy like the proposal was (``PolicyRefusal`` when a rule
+    forbids them, or when a rule wants a higher level than the request is at). An approval
+    stores the SHA-256 of the action and the arguments that will run (``action_hash``). A manual
+    (tier 4) request is approved with the ``result`` of the approver carrying it out."""
+    locked = _lock_pending(actor, request)
+    reason = reason.strip()
+    if not approve and not reason:
+        raise ValidationError({"reason": "Say why you reject it: the agent and the audit log will show it."})
+    edited_arguments, edit_verdict = _check_edit(locked, approve, edited_arguments)
+    if approve and locked.manual and locked.kind == ApprovalKind.APPROVAL and result is None:
+        raise ValidationError(
+            {
+                "result": "This agent is tier 4 (Manual): carry the action out yourself, then record what "
+                "happened as its result (the run receives it)."
+            }
+        )
+    if result is not None and not (approve and locked.manual):
+        raise ValidationError({"result": "Only a manual (tier 4) request is approved with a result."})
+    return _record_decision(locked, actor, approve, reason, edited_arguments, edit_verdict, result)
+
+
+def _lock_pending(actor: Actor, request: ApprovalRequest) -> ApprovalRequest:
     locked = (
         ApprovalRequest.objects.select_for_update(of=("self",))
         .select_related("team", "agent", "run", "escalation_policy")
@@ -513,15 +587,51 @@ def approval_decide(
         raise AlreadyDecided(f"Already {locked.get_status_display().lower()} by {who}.")
     if actor.type == ActorType.USER:
         check_decider(actor.user, locked)  # type: ignore[arg-type]
-    reason = reason.strip()
-    if not approve and not reason:
-        raise ValidationError({"reason": "Say why you reject it: the agent and the audit log will show it."})
-    if edited_arguments is not None:
-        if not approve:
-            raise ValidationError({"edited_arguments": "Edits come with an approval, not a rejection."})
-        edited_arguments = _check_arguments(locked, edited_arguments)
-        if edited_arguments == locked.arguments:
-            edited_arguments = None
+    return locked
+
+
+def _check_edit(
+    locked: ApprovalRequest, approve: bool, edited: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, cedar.Verdict | None]:
+    """The edited arguments as they will be stored (``None``: no edit), and policy's verdict on
+    them. Refused: arguments the tool would refuse, a ``forbid``, a level above the request's."""
+    if edited is None:
+        return None, None
+    if not approve:
+        raise ValidationError({"edited_arguments": "Edits come with an approval, not a rejection."})
+    edited = _check_arguments(locked, edited)
+    if edited == locked.arguments:
+        return None, None
+    verdict = judge_arguments(locked, edited)
+    if not verdict.allowed:
+        raise PolicyRefusal(
+            f"Policy forbids running {locked.action} with these arguments — {verdict.refusal()}. "
+            "Nothing was decided: approve it as proposed, edit it again or reject it.",
+            rules=verdict.forbidden_by or ["(no permit)"],
+        )
+    needed = 1 if verdict.unattended else start_level(locked.escalation_policy, verdict.level)
+    if needed > locked.level:
+        rules = ", ".join(verdict.needs_human_by) or "policy"
+        raise PolicyRefusal(
+            f"With these arguments the action must be decided at L{needed} or above ({rules}); this request "
+            f"is at L{locked.level}. Nothing was decided: approve it as proposed, edit it again or reject it.",
+            rules=verdict.needs_human_by,
+            level=needed,
+        )
+    return edited, verdict
+
+
+def _record_decision(
+    locked: ApprovalRequest,
+    actor: Actor,
+    approve: bool,
+    reason: str,
+    edited_arguments: dict[str, Any] | None,
+    edit_verdict: cedar.Verdict | None,
+    result: Any,
+) -> ApprovalRequest:
+    from fleet import services as fleet_services
+
     status = (
         ApprovalStatus.REJECTED
         if not approve
@@ -529,18 +639,18 @@ def approval_decide(
         if edited_arguments is not None
         else ApprovalStatus.APPROVED
     )
-    event = locked.transition_to(
-        status,
-        actor_label=actor.label,
-        reason=reason,
-        data={"level": locked.level, "edited": edited_arguments is not None},
-    )
+    data: dict[str, Any] = {"level": locked.level, "edited": edited_arguments is not None}
+    if edit_verdict is not None:
+        data["edit_policy"] = edit_verdict.explain()
+    event = locked.transition_to(status, actor_label=actor.label, reason=reason, data=data)
     now = timezone.now()
     locked.decided_by = actor.user_or_none
     locked.decided_by_label = actor.label
     locked.decided_at = now
     locked.decision_reason = reason
     locked.edited_arguments = json_safe(edited_arguments) if edited_arguments is not None else None
+    locked.action_hash = action_hash(locked.action, locked.final_arguments) if approve else ""
+    locked.result = json_safe(result) if result is not None else None
     locked.save()
     event.save()
     audit_record(
@@ -549,7 +659,13 @@ def approval_decide(
         obj=locked,
         team=locked.team,
         before={"status": ApprovalStatus.PENDING, "arguments": locked.arguments},
-        after={"status": status, "arguments": locked.final_arguments, "level": locked.level},
+        after={
+            "status": status,
+            "arguments": locked.final_arguments,
+            "level": locked.level,
+            "action_hash": locked.action_hash,
+            **({"result": locked.result} if locked.manual and approve else {}),
+        },
         reason=reason,
     )
     if locked.run is not None and locked.step_seq and locked.kind == ApprovalKind.APPROVAL:
@@ -560,11 +676,60 @@ def approval_decide(
             approved=approve,
             reason=reason,
             edited_args=locked.edited_arguments,
+            action_hash=locked.action_hash,
+            executed={"result": locked.result, "by": actor.label} if locked.manual and approve else None,
         )
     if locked.callback_url:
         _callback(locked)
     publish(locked)
     return locked
+
+
+class ExecutionFailed(ValidationError):
+    """The approver's run of a manual request's tool failed: nothing was decided."""
+
+
+@transaction.atomic
+def approval_execute(
+    *,
+    actor: Actor,
+    request: ApprovalRequest,
+    reason: str = "",
+    edited_arguments: dict[str, Any] | None = None,
+) -> ApprovalRequest:
+    """A manual (tier 4) request carried out by the approver through Cockpit's registered tool:
+    checked like any approval (who, policy on edits), the tool called once on the approver's
+    behalf with the idempotency key the run's own step would have had, and the request approved
+    with the tool's result. If the tool fails, nothing is decided (the request stays pending)."""
+    from fleet.runtime import registry
+
+    locked = _lock_pending(actor, request)
+    if not locked.manual:
+        raise ValidationError("Only a manual (tier 4) request is carried out by its approver.")
+    try:
+        spec = registry.get_tool(locked.action)
+    except LookupError:
+        raise ValidationError(
+            f"{locked.action} is not a tool Cockpit can call: carry it out elsewhere and record the result."
+        ) from None
+    edited_arguments, edit_verdict = _check_edit(locked, True, edited_arguments)
+    arguments = edited_arguments if edited_arguments is not None else _check_arguments(locked, locked.arguments)
+    run, seq = locked.run, (locked.step_seq or 0) + 1
+    invocation = registry.ToolInvocation(
+        run_id=run.pk if run else 0,
+        step_seq=seq if run else 0,
+        attempt=1,
+        idempotency_key=f"{run.trace_id}:{seq}" if run else f"approval:{locked.pk}",
+        timeout=spec.timeout,
+    )
+    try:
+        with transaction.atomic():
+            result = spec.fn(invocation, **arguments)
+    except Exception as exc:  # noqa: BLE001 - any tool error: shown to the approver, nothing decided
+        raise ExecutionFailed({"result": f"{locked.action} failed: {type(exc).__name__}: {exc}"}) from None
+    return _record_decision(
+        locked, actor, True, reason.strip(), edited_arguments, edit_verdict, result if result is not None else {}
+    )
 
 
 def _check_arguments(request: ApprovalRequest, edited: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("<int:pk>/approve/", views.approve, name="approval-approve"),
     path("<int:pk>/approve-with-edits/", views.approve_with_edits, name="approval-approve-with-edits"),
     path("<int:pk>/reject/", views.reject, name="approval-reject"),
+    path("<int:pk>/execute/", views.execute, name="approval-execute"),
     path("policies/", views.policies, name="approval-policies"),
     path("policies/save/", views.policy_save, name="approval-policy-save"),
     path("policies/<int:pk>/activate/", views.policy_activate, name="approval-policy-activate"),

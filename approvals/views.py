@@ -35,6 +35,7 @@ from approvals.forms import (
     CalibrationWindowForm,
     EditForm,
     EscalationPolicyForm,
+    ExecuteForm,
     PolicyForm,
     PolicyTestForm,
     PromoteForm,
@@ -137,6 +138,8 @@ def _pane_context(request: HtmxHttpRequest, approval: ApprovalRequest, **extra: 
         "refusal": refusal,
         "approve_form": ApproveForm(),
         "edit_form": EditForm.for_arguments(approval.arguments),
+        "execute_form": ExecuteForm(),
+        "executable": approval.manual and selectors.tool_is_callable(approval.action),
         "reject_form": RejectForm(),
     }
     context.update(extra)
@@ -180,7 +183,7 @@ def _decide(
                 raise
             extra["refused"], status = str(exc), 403
         except ValidationError as exc:
-            add_service_error(form, exc, {"edited_arguments": "arguments"})
+            add_service_error(form, exc, {"edited_arguments": "arguments", "result": "result"})
             status = _refused(request)
         else:
             message = _decided_message(decided)
@@ -216,7 +219,11 @@ def approve(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         ApproveForm(request.POST),
         "approve_form",
         lambda approval, data: services.approval_decide(
-            actor=Actor.from_request(request), request=approval, approve=True, reason=data["note"]
+            actor=Actor.from_request(request),
+            request=approval,
+            approve=True,
+            reason=data["note"],
+            result=data["result"],
         ),
     )
 
@@ -233,6 +240,25 @@ def approve_with_edits(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             actor=Actor.from_request(request),
             request=approval,
             approve=True,
+            reason=data["note"],
+            edited_arguments=data["arguments"],
+            result=data["result"],
+        ),
+    )
+
+
+@login_required
+@require_POST
+def execute(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A manual (tier 4) request: the approver carries it out through Cockpit's tool."""
+    return _decide(
+        request,
+        pk,
+        ExecuteForm(request.POST),
+        "execute_form",
+        lambda approval, data: services.approval_execute(
+            actor=Actor.from_request(request),
+            request=approval,
             reason=data["note"],
             edited_arguments=data["arguments"],
         ),

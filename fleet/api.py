@@ -148,6 +148,13 @@ class ReportIn(Schema):
     error: str = ""
     result: Any = None
     reason: str = ""
+    approval_hash: str | None = Field(
+        None,
+        max_length=64,
+        description="step: the action_hash of the approval that covers it (GET /api/v1/approvals/{id}); the "
+        "step is refused (409, recorded as failed and audited) unless its name and input are exactly what was "
+        "approved",
+    )
 
 
 class ReasonIn(Schema):
@@ -314,17 +321,24 @@ async def run_directive(
     return current
 
 
+class RefusedOut(Schema):
+    detail: str
+
+
 @router.post(
     "/runs/{run_id}/events",
-    response=DirectiveOut,
+    response={200: DirectiveOut, 409: RefusedOut},
     auth=key_or_session(Scope.RUNS),
     summary="Report a step, or how the run ended (external runs)",
 )
-def run_events(request: HttpRequest, run_id: int, report: ReportIn) -> dict[str, Any]:
+def run_events(request: HttpRequest, run_id: int, report: ReportIn) -> Status:
     run = _run_for(request.auth, run_id, TeamPerm.OPERATE)  # type: ignore[attr-defined]
     run = services.run_report(actor=Actor.from_request(request), run=run, report=report.dict(exclude_none=True))
+    refused = getattr(run, "refused", "")
+    if refused:
+        return Status(409, {"detail": refused})
     run.refresh_from_db()
-    return directive_for(run)
+    return Status(200, directive_for(run))
 
 
 @router.post("/runs/{run_id}/pause", response=RunOut, auth=session_auth, summary="Pause at the next step")

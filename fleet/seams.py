@@ -8,7 +8,8 @@ The runtime asks three questions it cannot answer itself, and hands over what it
 * **span sink** — where do the runtime's spans go? (traces fills it).
 
 Each has a default that works on its own: side-effecting tools of tier 3–4 agents wait for a
-human (an operator's resume counts as the approval); a run stops at its own budget; simulated
+human (an operator's resume counts as the approval; at tier 4 it cannot, as nobody records the
+result of carrying the action out); a run stops at its own budget; simulated
 models carry their made-up prices, real models are unpriced; spans are discarded. A higher
 app replaces one with ``register(...)`` in its ``AppConfig.ready()``.
 """
@@ -95,6 +96,11 @@ class ApprovalGate(Protocol):
         review afterwards; ``step`` is the tool step that made it."""
         ...
 
+    def approved(self, *, team_id: int, action_hash: str) -> bool:
+        """Whether a decision of the team approved the action with this hash (an external
+        agent's execution report names it)."""
+        ...
+
 
 class InterimApprovalGate:
     """Side-effecting tools of tier 3–4 agents need a human; an operator's resume approves."""
@@ -117,6 +123,9 @@ class InterimApprovalGate:
 
     def review(self, **kwargs: Any) -> None:
         return None
+
+    def approved(self, *, team_id: int, action_hash: str) -> bool:
+        return False  # no approvals app: no decision to vouch for it
 
 
 # --- Budget -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from cockpit import live
 from cockpit.audit import Actor, audit_record, snapshot
+from cockpit.lib.actionhash import action_hash as compute_action_hash
 from cockpit.models import ActorType, Team
 from fleet.models import (
     Agent,
@@ -604,6 +605,14 @@ def _emit_operator_span(run: Run, action: str, actor: Actor, reason: str, **data
 # --- Approvals journaled as steps -------------------------------------------------------------
 
 
+def approved_action_hash(approval_input: dict[str, Any], edited_args: dict[str, Any] | None) -> str:
+    """The hash of the action an approval step asked about, with the approver's edits if any
+    (for a decision that did not bring its own, e.g. an operator's resume)."""
+    action = (approval_input or {}).get("action") or {}
+    tool, args = (action.get("tool", ""), action.get("args")) if "tool" in action else ("", action)
+    return compute_action_hash(tool, edited_args if edited_args is not None else args)
+
+
 def _decide_approval_step(
     run: Run,
     step: Step,
@@ -612,17 +621,23 @@ def _decide_approval_step(
     approved: bool,
     reason: str,
     edited_args: dict[str, Any] | None = None,
+    action_hash: str = "",
+    executed: dict[str, Any] | None = None,
 ) -> None:
     now = timezone.now()
     step.status = StepStatus.SUCCEEDED if approved else StepStatus.FAILED
-    step.output = json_safe(
-        {
-            "approved": approved,
-            "decided_by": actor.label,
-            "reason": reason,
-            "edited_args": edited_args,
-        }
-    )
+    output: dict[str, Any] = {
+        "approved": approved,
+        "decided_by": actor.label,
+        "reason": reason,
+        "edited_args": edited_args,
+    }
+    if approved:
+        # What the approval binds; the runtime compares it with what it is about to run.
+        output["action_hash"] = action_hash or approved_action_hash(step.input, edited_args)
+    if executed is not None:
+        output["executed"] = executed  # tier 4: the approver carried it out; this is its result
+    step.output = json_safe(output)
     step.error = "" if approved else f"rejected by {actor.label}: {reason}"
     step.ended_at = now
     step.save(update_fields=["status", "output", "error", "ended_at"])
@@ -676,14 +691,27 @@ def approval_step_decide(
     approved: bool,
     reason: str = "",
     edited_args: dict[str, Any] | None = None,
+    action_hash: str = "",
+    executed: dict[str, Any] | None = None,
 ) -> Run:
     """Record the decision on the approval a run waits for, and let the run continue. Called by
-    the approvals app (and by tests); not audited here: the caller audits the decision."""
+    the approvals app (and by tests); not audited here: the caller audits the decision.
+    ``action_hash`` is what the approval binds (computed from the step when not given);
+    ``executed`` the result of a tier-4 action its approver carried out."""
     run = _locked(run)
     step = Step.objects.select_for_update().get(run=run, seq=step_seq, kind=StepKind.APPROVAL)
     if step.status != StepStatus.WAITING or run.status != RunStatus.WAITING_APPROVAL:
         raise ValidationError("This approval has already been decided.")
-    _decide_approval_step(run, step, actor, approved=approved, reason=reason, edited_args=edited_args)
+    _decide_approval_step(
+        run,
+        step,
+        actor,
+        approved=approved,
+        reason=reason,
+        edited_args=edited_args,
+        action_hash=action_hash,
+        executed=executed,
+    )
     publish_run(run)
     return run
 
@@ -922,6 +950,22 @@ def step_note(*, step: Step, error: str) -> None:
 
 
 @transaction.atomic
+def step_refuse(*, run: Run, owner: str, step: Step, error: str, output: dict[str, Any]) -> Step:
+    """The runtime refuses to carry a step out (its approval does not cover it): the step fails
+    with ``error``, and the refusal is audited."""
+    step = step_complete(run=run, owner=owner, step=step, status=StepStatus.FAILED, output=output, error=error)
+    audit_record(
+        actor=RUNTIME,
+        action="step.refuse",
+        obj=run,
+        team=run.team,
+        after={"step": step.seq, "tool": step.name, **output},
+        reason=error,
+    )
+    return step
+
+
+@transaction.atomic
 def run_release(
     *,
     run: Run,
@@ -989,6 +1033,22 @@ EXTERNAL_FINAL = {
 }
 
 
+def _approval_mismatch(run: Run, name: str, report: dict[str, Any]) -> dict[str, Any] | None:
+    """An external agent's step reported with ``approval_hash``: ``None`` when the tool and input
+    it reports are exactly what a decision of the run's team approved, else why not."""
+    from fleet import seams
+
+    claimed = report.get("approval_hash")
+    if not claimed:
+        return None
+    actual = compute_action_hash(name, report.get("input") or {})
+    if actual != claimed:
+        return {"why": "the reported tool and input are not what was approved", "action_hash": actual}
+    if not seams.current.approval_gate.approved(team_id=run.team_id, action_hash=claimed):
+        return {"why": "no approval of this team carries this hash", "action_hash": actual}
+    return None
+
+
 @transaction.atomic
 def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
     """An external agent reports a step it took, or how the run ended."""
@@ -1008,15 +1068,21 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
         seq = (run.steps.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
         cost = report.get("cost")
         now = timezone.now()
+        name = str(report.get("name", step_kind))[:160]
+        output, error = report.get("output"), str(report.get("error", ""))
+        refusal = _approval_mismatch(run, name, report)
+        if refusal is not None:
+            status, error = StepStatus.FAILED, f"approval does not match the action: {refusal['why']}"
+            output = {"error_type": "ApprovalMismatch", "reported_status": report.get("status"), **refusal}
         step = Step.objects.create(
             run=run,
             seq=seq,
             kind=step_kind,
-            name=str(report.get("name", step_kind))[:160],
+            name=name,
             status=status,
             input=json_safe(report.get("input") or {}),
-            output=json_safe(report.get("output")),
-            error=str(report.get("error", ""))[:4000],
+            output=json_safe(output),
+            error=error[:4000],
             model=str(report.get("model", ""))[:160],
             tokens_in=int(report.get("tokens_in") or 0),
             tokens_out=int(report.get("tokens_out") or 0),
@@ -1033,6 +1099,9 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
             step_count=F("step_count") + 1,
             updated_at=now,
         )
+        if refusal is not None:
+            audit_record(actor=actor, action="step.refuse", obj=run, after={"step": seq, **refusal}, reason=error)
+            run.refused = error  # type: ignore[attr-defined]
         publish_run(run, "run.step", seq=seq)
         return run
     if kind == "status":

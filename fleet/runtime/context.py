@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 from django.db import InterfaceError, OperationalError, connection
 
+from cockpit.lib.actionhash import action_hash
 from fleet import seams, services
 from fleet.models import (
     AgentStatus,
@@ -31,6 +32,7 @@ from fleet.models import (
     Step,
     StepKind,
     StepStatus,
+    Tier,
     split_model_ref,
 )
 from fleet.providers import registry as providers
@@ -156,13 +158,18 @@ class RunContext:
     def tool(self, name: str, **args: Any) -> Any:
         """Call a registered tool. A side-effecting tool may first need an approval (the run
         then waits, freeing the worker); it receives an idempotency key derived from the run
-        and the step, the same on every retry of that step."""
+        and the step, the same on every retry of that step.
+
+        An approved action runs only if it is exactly what was approved: the SHA-256 of the tool
+        and the arguments about to run must equal the one the decision stored. A side-effecting
+        tool of a tier-4 (Manual) agent is never called here: its approver carries it out and
+        the result they record is the step's result."""
         spec = registry.get_tool(name)
         following = self._journal.get(self._seq + 1)
-        outcome: dict[str, Any] | None = None
+        approval: Step | None = None
         decision: seams.GateDecision | None = None
         if following is not None and following.kind == StepKind.APPROVAL:
-            outcome = self._approval_outcome(self._approve(spec, args, None))
+            approval = self._approve(spec, args, None)
         elif following is None:
             self._boundary(StepKind.TOOL)
             self._check_allowed(spec)
@@ -170,6 +177,13 @@ class RunContext:
                 decision = seams.current.approval_gate.evaluate(
                     run=self.run, tool=spec, args=args, context=self._context
                 )
+                if decision.verdict == "allow" and self._manual(spec):
+                    decision = seams.GateDecision(
+                        "approve",
+                        reason=f"tier 4 (Manual): the agent proposes, a person carries out {name}",
+                        policy="tier 4 (Manual)",
+                        data=decision.data,
+                    )
             if decision is None:
                 pass
             elif decision.verdict == "forbid":
@@ -183,13 +197,18 @@ class RunContext:
                 )
                 raise ActionForbidden(name, f"forbidden by policy {decision.policy}: {decision.reason}")
             elif decision.verdict == "approve":
-                outcome = self._approval_outcome(self._approve(spec, args, decision))
-        if outcome is not None and outcome.get("edited_args"):
+                approval = self._approve(spec, args, decision)
+        outcome = self._approval_outcome(approval) if approval is not None else None
+        if outcome is not None and outcome.get("edited_args") is not None:
             args = outcome["edited_args"]
         seq = self._next_seq()
         done = self._replay(seq, StepKind.TOOL, name)
         if done is not None:
             return done.output
+        if approval is not None:
+            self._check_approved(seq, spec, args, approval)
+        if spec.side_effect and (self._manual(spec) or (approval is not None and approval.input.get("manual"))):
+            return self._record_manual(seq, spec, args, outcome)
         result = self._run_tool(seq, spec, args, self._journal.get(seq))
         if decision is not None and decision.verdict == "allow" and decision.data.get("review"):
             seams.current.approval_gate.review(
@@ -624,6 +643,7 @@ class RunContext:
             return existing
         assert decision is not None
         action = {"tool": spec.name, "args": args} if spec else args
+        manual = self._manual(spec)
         step = services.step_begin(
             run=self.run,
             owner=self._owner,
@@ -640,6 +660,7 @@ class RunContext:
                 "policy": decision.policy,
                 "policy_reason": decision.reason,
                 "policy_data": decision.data,
+                **({"manual": True} if manual else {}),
             },
         )
         outcome = seams.current.approval_gate.request(
@@ -666,3 +687,58 @@ class RunContext:
         if step.status == StepStatus.FAILED or not output.get("approved"):
             raise ActionRejected(step.name, step.error or f"rejected: {output.get('reason', '')}")
         return output
+
+    def _manual(self, spec: ToolSpec | None) -> bool:
+        """Tier 4 (Manual): the agent only proposes side effects; a person carries them out."""
+        return bool(spec and spec.side_effect and self.run.agent.tier == Tier.MANUAL)
+
+    def _check_approved(self, seq: int, spec: ToolSpec, args: dict[str, Any], approval: Step) -> None:
+        """Refuse (the step fails, audited) unless the tool and arguments about to run are
+        exactly what the decision approved: same SHA-256 over their canonical JSON."""
+        output = approval.output or {}
+        approved = output.get("action_hash") or services.approved_action_hash(
+            approval.input, output.get("edited_args")
+        )
+        actual = action_hash(spec.name, args)
+        if actual == approved:
+            return
+        step = services.step_begin(
+            run=self.run,
+            owner=self._owner,
+            seq=seq,
+            kind=StepKind.TOOL,
+            name=spec.name,
+            input=args,
+            existing=self._journal.get(seq),
+        )
+        message = "approval does not match the action"
+        self._journal[seq] = services.step_refuse(
+            run=self.run,
+            owner=self._owner,
+            step=step,
+            error=f"{message}: step {approval.seq} approved {approved[:12]}…, this is {actual[:12]}…",
+            output={"error_type": "ApprovalMismatch", "approved_hash": approved, "action_hash": actual},
+        )
+        raise StepFailed(spec.name, message)
+
+    def _record_manual(self, seq: int, spec: ToolSpec, args: dict[str, Any], outcome: dict[str, Any] | None) -> Any:
+        """A tier-4 action: the approver carried it out; journal the result they recorded as the
+        tool step's result, without calling the tool. Without one, the step fails."""
+        executed = (outcome or {}).get("executed")
+        if not isinstance(executed, dict):
+            message = (
+                f"tier 4 (Manual): Cockpit does not carry out {spec.name} itself; a person must, "
+                "and record its result when approving"
+            )
+            self._fail_new_step(seq, StepKind.TOOL, spec.name, args, message)
+            raise ActionForbidden(spec.name, message)
+        self._journal[seq] = services.step_record(
+            run=self.run,
+            owner=self._owner,
+            seq=seq,
+            kind=StepKind.TOOL,
+            name=spec.name,
+            input=args,
+            output=executed.get("result"),
+        )
+        return self._journal[seq].output

@@ -197,3 +197,51 @@ def test_db_down(invocation: ToolInvocation) -> None:
 def db_down(run: RunContext) -> None:
     run.checkpoint("before")
     run.tool("test.db_down")
+
+
+@tool(
+    "test.refund",
+    side_effect=True,
+    risk="medium",
+    schema={
+        "type": "object",
+        "required": ["ticket_id", "amount", "currency"],
+        "properties": {
+            "ticket_id": {"type": "string"},
+            "amount": {"type": "string", "pattern": r"^\d+(\.\d{1,2})?$"},
+            "currency": {"type": "string"},
+        },
+    },
+)
+def test_refund(invocation: ToolInvocation, *, ticket_id: str, amount: str, currency: str) -> dict[str, Any]:
+    try:
+        with transaction.atomic():
+            row = Refund.objects.create(
+                idempotency_key=invocation.idempotency_key,
+                ticket_ref=ticket_id,
+                amount=Decimal(amount),
+                currency=currency,
+            )
+    except IntegrityError:
+        row = Refund.objects.get(idempotency_key=invocation.idempotency_key)
+    return {"refund": row.pk, "amount": str(row.amount)}
+
+
+# What test-refund asks for after it was approved: the tests change it to play an agent that
+# does not do on re-execution what it proposed (it must not get away with it).
+REFUND_DRIFT: dict[str, str] = {}
+
+
+@agent("test-refund")
+def refund_agent(run: RunContext, *, ticket_id: str = "T-1", amount: str = "400.00") -> dict[str, Any]:
+    run.decision("refund", choice="refund", reasoning="damaged in transit", confidence=0.9)
+    amount = REFUND_DRIFT.get("amount", amount)
+    try:
+        done = run.tool("test.refund", ticket_id=ticket_id, amount=amount, currency="EUR")
+    except Exception as exc:
+        from fleet.runtime import ActionRejected
+
+        if not isinstance(exc, ActionRejected):
+            raise
+        return {"refunded": False, "why": exc.message}
+    return {"refunded": True, **done}
