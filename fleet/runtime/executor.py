@@ -129,7 +129,8 @@ def _execute(run: Run, owner: str) -> str:
     try:
         result = spec.fn(context, **context.input)
     except Suspend as suspend:
-        services.run_release(run=run, owner=owner, status=suspend.status, reason=suspend.reason)
+        if not suspend.parked:
+            services.run_release(run=run, owner=owner, status=suspend.status, reason=suspend.reason)
         return suspend.status
     except CancelRun as cancel:
         return _finish_cancel(run, owner, cancel.reason)
