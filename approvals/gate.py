@@ -56,6 +56,11 @@ class CedarApprovalGate:
         context: ActionContext,
         decision: GateDecision,
     ) -> ApprovalOutcome | None:
+        # Asked again about a step already asked about (its worker died in between, under an
+        # older release): the one request stands, pending or decided.
+        earlier = ApprovalRequest.objects.filter(run=run, step_seq=step.seq, kind=ApprovalKind.APPROVAL).first()
+        if earlier is not None:
+            return None if earlier.is_pending else _outcome_of(earlier)
         approval_request_create(
             actor=SYSTEM,
             agent=run.agent,
@@ -111,6 +116,16 @@ class CedarApprovalGate:
             action_hash=action_hash,
             status__in=[ApprovalStatus.APPROVED, ApprovalStatus.APPROVED_WITH_EDITS],
         ).exists()
+
+
+def _outcome_of(request: ApprovalRequest) -> ApprovalOutcome:
+    approved = request.status in (ApprovalStatus.APPROVED, ApprovalStatus.APPROVED_WITH_EDITS)
+    return ApprovalOutcome(
+        approved=approved,
+        decided_by=request.decided_by_label or "the system",
+        reason=request.decision_reason,
+        edited_args=request.edited_arguments if approved else None,
+    )
 
 
 def _policy_of(decision: GateDecision) -> Any:

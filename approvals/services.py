@@ -4,9 +4,11 @@ writes an ``ApprovalEvent`` and publishes ``approval.changed`` on commit."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,15 +44,13 @@ from cockpit import live
 from cockpit.audit import Actor, audit_record
 from cockpit.lib.actionhash import action_hash
 from cockpit.models import ActorType, Team
-from fleet.models import Agent, Run, Tool
+from fleet.models import Agent, AlreadyDecided, Run, Tool
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SLA_SECONDS = 15 * 60
 SYSTEM = Actor.system("approvals")
 ESCALATOR = Actor.system("escalation sweeper")
-
-
-class AlreadyDecided(ValidationError):
-    """Someone else decided first (or the request escalated away, expired, was withdrawn)."""
 
 
 class PolicyRefusal(ValidationError):
@@ -771,12 +771,18 @@ def approvals_sweep(*, now: datetime | None = None, batch: int = 500) -> int:
     """Escalate (or expire) every pending request whose deadline has passed. Safe to run in
     several workers at once and again after a crash: each batch locks its rows (PostgreSQL skips
     rows another sweeper holds) and re-checks the deadline, so a request moves one level at a
-    time, exactly once per deadline."""
+    time, exactly once per deadline. Each request moves in a savepoint of its own: one that
+    cannot move is logged and left, and never takes the rest of its batch back with it."""
     now = now or timezone.now()
     total = 0
+    stuck: set[int] = set()  # not taken again by this sweep's next batches
     while True:
         with transaction.atomic():
-            due = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, deadline__lte=now).order_by("deadline")
+            due = (
+                ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, deadline__lte=now)
+                .exclude(pk__in=stuck)
+                .order_by("deadline")
+            )
             if connection.vendor == "postgresql":
                 due = due.select_for_update(skip_locked=True, of=("self",))
             rows = list(due.select_related("team", "agent", "run", "escalation_policy")[:batch])
@@ -784,8 +790,13 @@ def approvals_sweep(*, now: datetime | None = None, batch: int = 500) -> int:
                 return total
             levels = _levels_by_policy({r.escalation_policy_id for r in rows if r.escalation_policy_id})
             for request in rows:
-                _escalate(request, levels.get(request.escalation_policy_id or 0, []), now)
-        total += len(rows)
+                try:
+                    with transaction.atomic():
+                        _escalate(request, levels.get(request.escalation_policy_id or 0, []), now)
+                except Exception:  # noqa: BLE001 - one request's trouble is not its batch's
+                    logger.exception("approval request %s: could not escalate or expire it", request.pk)
+                    stuck.add(request.pk)
+        total += len([r for r in rows if r.pk not in stuck])
         if len(rows) < batch:
             return total
 
@@ -851,9 +862,11 @@ def _expire(request: ApprovalRequest, now: datetime) -> None:
         if on_expiry == OnExpiry.CANCEL_RUN:
             fleet_services.run_cancel(actor=ESCALATOR, run=request.run, reason=reason)
         else:
-            fleet_services.approval_step_decide(
-                actor=ESCALATOR, run=request.run, step_seq=request.step_seq, approved=False, reason=reason
-            )
+            # A run that no longer waits for it (it ended, or moved on): the request expires alone.
+            with contextlib.suppress(AlreadyDecided):
+                fleet_services.approval_step_decide(
+                    actor=ESCALATOR, run=request.run, step_seq=request.step_seq, approved=False, reason=reason
+                )
     if request.callback_url:
         _callback(request)
     publish(request)

@@ -29,6 +29,11 @@ class IllegalTransition(ValidationError):
     pass
 
 
+class AlreadyDecided(ValidationError):
+    """A decision that can no longer be made: someone decided first, or the request expired, was
+    withdrawn, or its run no longer waits for it. A conflict (409) wherever it surfaces."""
+
+
 # --- Agents -----------------------------------------------------------------------------------
 
 

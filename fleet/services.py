@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -27,6 +27,7 @@ from fleet.models import (
     AgentKind,
     AgentStatus,
     AgentVersion,
+    AlreadyDecided,
     DegradedMode,
     IllegalTransition,
     ModelProvider,
@@ -41,7 +42,12 @@ from fleet.models import (
     Tool,
     split_model_ref,
 )
-from fleet.runtime.errors import LeaseLost
+from fleet.runtime.errors import CancelRun, LeaseLost
+from fleet.runtime.faults import kill_point
+
+if TYPE_CHECKING:
+    from fleet.runtime.registry import ToolSpec
+    from fleet.seams import ActionContext, GateDecision
 
 
 def lease_seconds() -> int:
@@ -697,11 +703,16 @@ def approval_step_decide(
     """Record the decision on the approval a run waits for, and let the run continue. Called by
     the approvals app (and by tests); not audited here: the caller audits the decision.
     ``action_hash`` is what the approval binds (computed from the step when not given);
-    ``executed`` the result of a tier-4 action its approver carried out."""
+    ``executed`` the result of a tier-4 action its approver carried out. ``AlreadyDecided`` if it
+    was decided before, or if the run does not wait for it (any more)."""
     run = _locked(run)
-    step = Step.objects.select_for_update().get(run=run, seq=step_seq, kind=StepKind.APPROVAL)
-    if step.status != StepStatus.WAITING or run.status != RunStatus.WAITING_APPROVAL:
-        raise ValidationError("This approval has already been decided.")
+    step = Step.objects.select_for_update().filter(run=run, seq=step_seq, kind=StepKind.APPROVAL).first()
+    if step is not None and step.status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+        raise AlreadyDecided("This approval has already been decided.")
+    if step is None or step.status != StepStatus.WAITING or run.status != RunStatus.WAITING_APPROVAL:
+        raise AlreadyDecided(
+            f"Run #{run.pk} does not wait for this approval: it is {run.get_status_display().lower()}."
+        )
     _decide_approval_step(
         run,
         step,
@@ -736,7 +747,7 @@ def run_claim(*, run_id: int, owner: str) -> Run | None:
     now = timezone.now()
     lease_free = (
         not run.lease_owner
-        or run.lease_owner.startswith("requeued:")
+        or run.lease_owner.startswith(REQUEUED)
         or (run.lease_expires_at is not None and run.lease_expires_at < now)
     )
     if run.status == RunStatus.QUEUED:
@@ -748,12 +759,16 @@ def run_claim(*, run_id: int, owner: str) -> Run | None:
     elif run.status == RunStatus.RUNNING:
         if not lease_free:
             return None
-        if run.lease_owner and not run.lease_owner.startswith("requeued:"):
+        lost = _lost_worker(run.lease_owner)
+        if lost:
             _event(
                 run,
                 RunEvent.Kind.NOTE,
                 RUNTIME,
-                "the worker executing this run stopped answering; another worker carries on from the journal",
+                f"resumed after worker loss: the worker executing this run ({lost}) stopped answering; "
+                "another worker carries on from the journal",
+                lost_worker=lost,
+                worker=owner,
             )
     elif run.cancel_requested and lease_free:
         pass  # paused or waiting: a worker only finishes the cancellation
@@ -765,6 +780,17 @@ def run_claim(*, run_id: int, owner: str) -> Run | None:
     run.save(update_fields=["lease_owner", "lease_expires_at", "executions"])
     publish_run(run)
     return run
+
+
+REQUEUED = "requeued:"
+
+
+def _lost_worker(lease_owner: str) -> str:
+    """The worker that held an expired lease: named by the lease itself, or by the sweeper's
+    reservation that replaced it (``requeued:<time> lost:<worker>``)."""
+    if not lease_owner.startswith(REQUEUED):
+        return lease_owner
+    return lease_owner.partition(" lost:")[2]
 
 
 def _check_lease(run_id: int, owner: str) -> None:
@@ -934,11 +960,58 @@ def _after_step(run: Run, step: Step) -> None:
 
 
 @transaction.atomic
-def step_wait(*, run: Run, owner: str, step: Step) -> Step:
-    """An approval step now waits for a decision."""
-    _check_lease(run.pk, owner)
+def approval_step_request(
+    *,
+    run: Run,
+    owner: str,
+    seq: int,
+    name: str,
+    input: dict[str, Any],
+    tool: ToolSpec | None,
+    args: dict[str, Any],
+    context: ActionContext,
+    decision: GateDecision,
+    existing: Step | None = None,
+) -> Step:
+    """Journal an approval step, ask the approval gate about the action and, unless it decides
+    at once, park the run in ``waiting_approval``. One transaction: a worker dying anywhere on
+    the way leaves all of it (the run waits for its one request) or none of it (the run is still
+    running, and whoever takes it over asks again) — never a step, a request and a run that
+    disagree. ``existing`` is a step journaled but never asked about (by an older release).
+    Returns the step: waiting, or decided at once."""
+    from fleet import seams
+
+    locked = _locked(run)  # the run first, as every writer of a run locks it
+    if locked.lease_owner != owner:
+        raise LeaseLost
+    if locked.cancel_requested:  # not parked with a cancellation nobody would finish
+        raise CancelRun(locked.directive_reason or "cancelled")
+    step = step_begin(run=run, owner=owner, seq=seq, kind=StepKind.APPROVAL, name=name, input=input, existing=existing)
+    kill_point("approval.before_request")
+    outcome = seams.current.approval_gate.request(
+        run=run, step=step, tool=tool, args=args, context=context, decision=decision
+    )
+    kill_point("approval.after_request")
+    if outcome is not None:
+        return step_complete(
+            run=run,
+            owner=owner,
+            step=step,
+            status=StepStatus.SUCCEEDED if outcome.approved else StepStatus.FAILED,
+            output={
+                "approved": outcome.approved,
+                "decided_by": outcome.decided_by,
+                "reason": outcome.reason,
+                "edited_args": outcome.edited_args,
+                **({} if outcome.approved else {"error_type": "ActionRejected"}),
+            },
+            error="" if outcome.approved else f"rejected by {outcome.decided_by}: {outcome.reason}",
+        )
     step.status = StepStatus.WAITING
     step.save(update_fields=["status"])
+    locked.lease_owner, locked.lease_expires_at = "", None
+    _save_transition(locked, RunStatus.WAITING_APPROVAL, RUNTIME, f"waiting for approval: {decision.reason}")
+    publish_run(locked)
     return step
 
 
@@ -1143,8 +1216,10 @@ def runs_to_recover(*, now: Any = None, grace_seconds: int = 20, limit: int = 50
     )
     reserved = []
     for pk, owner, expires in candidates:
+        # The reservation keeps the name of a dead worker, for the takeover's note.
+        lost = _lost_worker(owner)
         updated = Run.objects.filter(pk=pk, lease_owner=owner, lease_expires_at=expires).update(
-            lease_owner=f"requeued:{now.isoformat()}",
+            lease_owner=f"{REQUEUED}{now.isoformat()}{f' lost:{lost}' if lost else ''}"[:200],
             lease_expires_at=now + timedelta(seconds=lease_seconds()),
         )
         if updated:

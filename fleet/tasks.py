@@ -19,13 +19,22 @@ logger = logging.getLogger(__name__)
     retry_backoff_max=60,
     max_retries=8,
 )
-def run_execute(run_id: int) -> str:
+def run_execute(run_id: int, *, follow_lease: bool = True) -> str:
     """Execute (or resume, or finish cancelling) a managed run. Safe to deliver twice: only one
     worker can hold the run's lease, and completed steps are replayed, not repeated. If the
-    database is unreachable the task retries with backoff (and the sweeper is the safety net)."""
+    database is unreachable the task retries with backoff (and the sweeper is the safety net).
+
+    Redelivered because its worker died, the task finds the dead worker's lease still running:
+    it comes back once, when that lease runs out, so that the run is taken over within one
+    lease rather than at the sweep after it (the sweeper stays the safety net)."""
     from fleet.runtime import executor
 
-    return executor.execute(run_id)
+    outcome = executor.execute(run_id)
+    if outcome == "not claimed" and follow_lease:
+        left = executor.lease_left(run_id)
+        if left is not None:
+            run_execute.apply_async((run_id,), {"follow_lease": False}, countdown=left + 0.5)
+    return outcome
 
 
 @shared_task(acks_late=True, ignore_result=True)

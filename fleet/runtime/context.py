@@ -53,6 +53,7 @@ from fleet.runtime.errors import (
     Suspend,
     TransientToolError,
 )
+from fleet.runtime.faults import kill_point
 from fleet.runtime.registry import ToolInvocation, ToolSpec
 from fleet.runtime.resilience import CircuitOpen, call_with_retries, guarded
 
@@ -633,6 +634,7 @@ class RunContext:
         seq = self._next_seq()
         step_name = name or f"approve {spec.name if spec else 'action'}"
         existing = self._journal.get(seq)
+        context = self._context
         if existing is not None:
             if existing.kind != StepKind.APPROVAL:
                 raise NonDeterminism(
@@ -640,47 +642,51 @@ class RunContext:
                 )
             if existing.status == StepStatus.WAITING:
                 raise Suspend(RunStatus.WAITING_APPROVAL, f"waiting for approval of {step_name}")
-            return existing
+            if existing.status != StepStatus.STARTED:
+                return existing
+            # Journaled, never asked about (an older release journaled the step on its own, and
+            # its worker died before the request): ask now, as that worker was about to.
+            recorded = existing.input or {}
+            decision = seams.GateDecision(
+                "approve",
+                reason=recorded.get("policy_reason", ""),
+                policy=recorded.get("policy", ""),
+                data=recorded.get("policy_data") or {},
+            )
+            context = seams.ActionContext(
+                recorded.get("reasoning", ""), recorded.get("confidence"), recorded.get("reasoning_step")
+            )
         assert decision is not None
         action = {"tool": spec.name, "args": args} if spec else args
         manual = self._manual(spec)
-        step = services.step_begin(
+        step = services.approval_step_request(
             run=self.run,
             owner=self._owner,
             seq=seq,
-            kind=StepKind.APPROVAL,
             name=step_name,
             input={
                 "action": action,
                 "risk": spec.risk if spec else "",
                 "side_effect": bool(spec and spec.side_effect),
-                "reasoning": self._context.reasoning,
-                "confidence": self._context.confidence,
-                "reasoning_step": self._context.decision_step,
+                "reasoning": context.reasoning,
+                "confidence": context.confidence,
+                "reasoning_step": context.decision_step,
                 "policy": decision.policy,
                 "policy_reason": decision.reason,
                 "policy_data": decision.data,
                 **({"manual": True} if manual else {}),
             },
+            tool=spec,
+            args=args,
+            context=context,
+            decision=decision,
+            existing=existing,
         )
-        outcome = seams.current.approval_gate.request(
-            run=self.run, step=step, tool=spec, args=args, context=self._context, decision=decision
-        )
-        if outcome is None:
-            services.step_wait(run=self.run, owner=self._owner, step=step)
-            raise Suspend(RunStatus.WAITING_APPROVAL, f"waiting for approval: {decision.reason}")
-        return self._complete(
-            step,
-            StepStatus.SUCCEEDED if outcome.approved else StepStatus.FAILED,
-            output={
-                "approved": outcome.approved,
-                "decided_by": outcome.decided_by,
-                "reason": outcome.reason,
-                "edited_args": outcome.edited_args,
-                **({} if outcome.approved else {"error_type": "ActionRejected"}),
-            },
-            error="" if outcome.approved else f"rejected by {outcome.decided_by}: {outcome.reason}",
-        )
+        if step.status == StepStatus.WAITING:
+            kill_point("approval.after_park")
+            raise Suspend(RunStatus.WAITING_APPROVAL, f"waiting for approval: {decision.reason}", parked=True)
+        self._journal[seq] = step
+        return step
 
     def _approval_outcome(self, step: Step) -> dict[str, Any]:
         output = step.output or {}

@@ -13,10 +13,11 @@ class Suspend(RunInterrupt):
     """Stop executing and park the run (``paused`` or ``waiting_approval``); the worker is freed.
     Re-executing the agent later replays the journal up to here."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, *, parked: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.parked = parked  # the run was parked already, with the step that parks it
 
 
 class CancelRun(RunInterrupt):

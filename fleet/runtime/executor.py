@@ -113,6 +113,19 @@ def execute(run_id: int) -> str:
         heartbeat.release(run_id)
 
 
+def lease_left(run_id: int) -> float | None:
+    """Seconds until the lease of the worker holding this running run runs out; ``None`` when no
+    worker holds it (or the run is not running)."""
+    row = (
+        Run.objects.filter(pk=run_id, status=RunStatus.RUNNING, lease_expires_at__isnull=False)
+        .exclude(lease_owner="")
+        .exclude(lease_owner__startswith=services.REQUEUED)
+        .values_list("lease_expires_at", flat=True)
+        .first()
+    )
+    return None if row is None else max(0.0, (row - timezone.now()).total_seconds())
+
+
 def _execute(run: Run, owner: str) -> str:
     try:
         spec = registry.get_agent(run.agent.entrypoint or run.agent.slug)
@@ -129,7 +142,8 @@ def _execute(run: Run, owner: str) -> str:
     try:
         result = spec.fn(context, **context.input)
     except Suspend as suspend:
-        services.run_release(run=run, owner=owner, status=suspend.status, reason=suspend.reason)
+        if not suspend.parked:
+            services.run_release(run=run, owner=owner, status=suspend.status, reason=suspend.reason)
         return suspend.status
     except CancelRun as cancel:
         return _finish_cancel(run, owner, cancel.reason)

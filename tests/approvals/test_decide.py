@@ -218,6 +218,24 @@ def test_a_second_decision_over_the_api_is_a_409_naming_the_first(client, waitin
     assert response.status_code == 409 and response.json() == {"detail": "Already approved by ana."}
 
 
+def test_deciding_a_request_its_run_no_longer_waits_for_is_a_409_and_changes_nothing(
+    client, waiting, approvers
+) -> None:
+    """A request stranded by a crash under an older release: its run failed meanwhile."""
+    run, request = waiting
+    Step.objects.filter(run=run, kind=StepKind.APPROVAL).update(status=StepStatus.STARTED)
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
+    client.force_login(approvers["ana"])
+    response = client.post(
+        f"/api/v1/approvals/{request.pk}/decision", {"decision": "approve"}, content_type="application/json"
+    )
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"Run #{run.pk} does not wait for this approval: it is failed."}
+    request.refresh_from_db()
+    assert request.status == ApprovalStatus.PENDING and request.decided_by is None
+    assert Run.objects.get(pk=run.pk).status == RunStatus.FAILED
+
+
 def test_cancelling_the_run_withdraws_its_request(waiting) -> None:
     from fleet.services import run_cancel
 

@@ -69,6 +69,26 @@ def test_deadlines_escalate_through_every_level_then_expire_as_rejected(
     assert "no decision within the SLA of every level" in run.result["why"]
 
 
+def test_a_request_its_run_stopped_waiting_for_expires_alone_and_holds_up_no_other(
+    make_agent, start, approvers, django_capture_on_commit_callbacks
+) -> None:
+    """A request stranded by a crash under an older release (its run failed meanwhile) is in the
+    same sweep batch as a healthy one: both expire, and the healthy run takes its rejection path."""
+    from fleet.models import Run, Step, StepKind, StepStatus
+
+    agent = make_agent("test-approval", tier=Tier.ASSISTED)
+    stranded, healthy = (execute(start(agent, label=label)) for label in ("stranded", "healthy"))
+    Step.objects.filter(run=stranded, kind=StepKind.APPROVAL).update(status=StepStatus.STARTED)
+    Run.objects.filter(pk=stranded.pk).update(status=RunStatus.FAILED, error="approve test.effect was rejected")
+    ApprovalRequest.objects.update(level=3)  # the last level
+    moment = timezone.now() + timedelta(seconds=301)
+    assert sweep_at(moment, django_capture_on_commit_callbacks) == 2
+    assert set(ApprovalRequest.objects.values_list("status", flat=True)) == {ApprovalStatus.EXPIRED}
+    assert Run.objects.get(pk=stranded.pk).status == RunStatus.FAILED  # left as it was
+    healthy = execute(healthy)
+    assert healthy.status == RunStatus.SUCCEEDED and healthy.result["refunded"] is False
+
+
 def test_each_level_is_emailed_its_own_approvers_once(waiting, approvers, django_capture_on_commit_callbacks) -> None:
     _, request = waiting
     assert [sorted(m.to) for m in mail.outbox] == [["ana@example.com", "ben@example.com"]]

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import timedelta
 
 import pytest
 from django.db.models import Count
+from django.utils import timezone
 
 from cockpit.audit import Actor
 from fleet import services
-from fleet.models import FINAL_RUN_STATUSES, Run, RunStatus, Step, StepStatus
+from fleet.models import FINAL_RUN_STATUSES, Run, RunEvent, RunStatus, Step, StepStatus
 from fleet.sandbox.models import Refund
 from fleet.tasks import run_execute, run_spans_sweep
 from tests.support import processes
@@ -89,3 +91,27 @@ def _incomplete_traces(runs: list[Run]) -> list[int]:
         Span.objects.filter(trace_id__in=[r.trace_id for r in runs]).values_list("trace_id").annotate(n=Count("id"))
     )
     return [r.pk for r in runs if counts.get(r.trace_id, 0) < STEPS + 1]
+
+
+def test_a_dead_workers_run_is_taken_over_as_its_lease_runs_out_without_a_sweep(make_agent, start, eager_off) -> None:
+    """The message of a worker killed mid-run comes back at once (the task is acknowledged late)
+    and finds the dead worker's lease still running: the run is taken over when that lease runs
+    out, not at a later sweep (none runs here), and its history says so."""
+    run = start(make_agent("test-linear"), n=2)
+    worker = processes.start_worker(name="survivor", concurrency=1, queues="runs")
+    try:
+        Run.objects.filter(pk=run.pk).update(
+            status=RunStatus.RUNNING,
+            lease_owner="dead/1/x",
+            lease_expires_at=timezone.now() + timedelta(seconds=LEASE),
+        )
+        run_execute.delay(run.pk)  # the redelivered message
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and Run.objects.get(pk=run.pk).status != RunStatus.SUCCEEDED:
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, (run.status, run.lease_owner)
+    (note,) = run.events.filter(kind=RunEvent.Kind.NOTE)
+    assert note.reason.startswith("resumed after worker loss") and note.data["lost_worker"] == "dead/1/x"

@@ -10,8 +10,8 @@ import pytest
 from django.utils import timezone
 
 from cockpit.audit import Actor
-from fleet import services, telemetry
-from fleet.models import AgentStatus, RunEvent, RunStatus, Step, StepKind, StepStatus, Tier
+from fleet import seams, services, telemetry
+from fleet.models import AgentStatus, AlreadyDecided, Run, RunEvent, RunStatus, Step, StepKind, StepStatus, Tier
 from fleet.sandbox.models import Refund
 from tests.fleet.agents import CHANGING
 from tests.fleet.conftest import execute
@@ -367,8 +367,46 @@ def test_approval_decisions_are_final(make_agent, start) -> None:
     run = execute(start(make_agent("test-approval", tier=Tier.ASSISTED)))
     seq = Step.objects.get(run=run, kind=StepKind.APPROVAL).seq
     services.approval_step_decide(actor=OPERATOR, run=run, step_seq=seq, approved=True)
-    with pytest.raises(ValidationError, match="already been decided"):
+    with pytest.raises(ValidationError, match="already been decided") as refused:
         services.approval_step_decide(actor=OPERATOR, run=run, step_seq=seq, approved=False)
+    assert isinstance(refused.value, AlreadyDecided)  # a conflict (409), not bad input
+
+
+def test_an_approval_step_journaled_but_never_asked_about_is_asked_about_not_rejected(make_agent, start) -> None:
+    """A worker of an older release journaled the approval step and died before asking: the
+    run that takes over asks, and waits; nobody rejected anything."""
+    run = execute(start(make_agent("test-approval", tier=Tier.ASSISTED)))
+    Step.objects.filter(run=run, kind=StepKind.APPROVAL).update(status=StepStatus.STARTED)
+    type(run).objects.filter(pk=run.pk).update(
+        status=RunStatus.RUNNING, lease_owner="dead/1/x", lease_expires_at=timezone.now()
+    )
+    run = execute(run)
+    assert run.status == RunStatus.WAITING_APPROVAL, run.error
+    assert Step.objects.get(run=run, kind=StepKind.APPROVAL).status == StepStatus.WAITING
+    services.run_resume(actor=Actor.system("operator"), run=run)
+    run = execute(run)
+    assert run.status == RunStatus.SUCCEEDED and run.result["refunded"] is True
+
+
+def test_a_cancellation_asked_for_before_the_approval_is_not_parked(make_agent, start) -> None:
+    """Cancelled between its last step and its approval: the run is not parked with a
+    cancellation nobody would finish, and nothing is asked."""
+    run = start(make_agent("test-approval", tier=Tier.ASSISTED))
+    original = seams.current.budget_guard
+
+    class CancelDuringTheCheck:
+        def check(self, *, run, step_kind):  # noqa: ANN001, ANN202
+            if step_kind == StepKind.TOOL:
+                services.run_cancel(actor=OPERATOR, run=Run.objects.get(pk=run.pk), reason="customer called")
+            return original.check(run=run, step_kind=step_kind)
+
+    seams.current.budget_guard = CancelDuringTheCheck()
+    try:
+        run = execute(run)
+    finally:
+        seams.current.budget_guard = original
+    assert run.status == RunStatus.CANCELLED and run.status_reason == "customer called"
+    assert not Step.objects.filter(run=run, kind=StepKind.APPROVAL).exists()
 
 
 def test_tier_one_and_two_agents_act_without_waiting(make_agent, start) -> None:
@@ -409,7 +447,21 @@ def test_the_sweeper_re_enqueues_orphaned_runs_once(make_agent, start) -> None:
     assert services.runs_to_recover() == [orphan.pk]
     assert services.runs_to_recover() == []  # reserved: not enqueued again on the next sweep
     assert execute(orphan).status == RunStatus.SUCCEEDED
-    assert orphan.events.filter(kind=RunEvent.Kind.NOTE).count() == 0  # requeued, not "worker stopped"
+    # The takeover is in the run's history, naming the worker that was lost.
+    (note,) = orphan.events.filter(kind=RunEvent.Kind.NOTE)
+    assert note.reason.startswith("resumed after worker loss") and "dead/1/x" in note.reason
+    assert note.data["lost_worker"] == "dead/1/x"
+
+
+def test_a_run_whose_message_was_lost_is_re_enqueued_without_a_worker_loss_note(make_agent, start) -> None:
+    run = start(make_agent("test-linear"))
+    # Let go to run on (say, once approved), and its message never arrived.
+    type(run).objects.filter(pk=run.pk).update(
+        status=RunStatus.RUNNING, updated_at=timezone.now() - timezone.timedelta(minutes=5)
+    )
+    assert services.runs_to_recover() == [run.pk]
+    assert execute(run).status == RunStatus.SUCCEEDED
+    assert not run.events.filter(kind=RunEvent.Kind.NOTE).exists()
 
 
 def test_runtime_spans_follow_the_genai_conventions(make_agent, start, django_capture_on_commit_callbacks) -> None:

@@ -110,6 +110,21 @@ def test_a_decided_approval_shows_who_decided(client, operator, waiting):
     assert "parcel photo checked" in html
 
 
+def test_a_takeover_from_a_dead_worker_is_on_the_timeline(client, operator, queued):
+    from django.utils import timezone
+
+    from fleet.services import runs_to_recover
+
+    type(queued).objects.filter(pk=queued.pk).update(
+        status=RunStatus.RUNNING, lease_owner="node-7/4242/ab12cd34", lease_expires_at=timezone.now()
+    )
+    assert runs_to_recover() == [queued.pk]  # beat's sweeper, then a worker takes it over
+    assert execute(queued).status == RunStatus.SUCCEEDED
+    client.force_login(operator)
+    html = client.get(url("run-detail", queued)).content.decode()
+    assert "resumed after worker loss: the worker executing this run (node-7/4242/ab12cd34)" in html
+
+
 def test_compensations_are_marked_as_undo(client, operator, make_agent, start):
     run = execute(start(make_agent("test-effects"), action="cancel"))
     assert run.status == RunStatus.CANCELLED
