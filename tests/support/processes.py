@@ -115,7 +115,7 @@ def start_worker(
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> Process:
-    queues = queues or "default,runs,escalations,ingest,rollups,maintenance"
+    queues = queues or "default,runs,escalations,notifications,ingest,rollups,maintenance"
     command = [
         sys.executable,
         "-m",
