@@ -3,7 +3,7 @@ the decision or receive a signed callback; approvers decide.
 
     POST /api/v1/approvals                  ask for a decision (Idempotency-Key honoured)
     GET  /api/v1/approvals                  requests, newest first (paged with ?before=<id>)
-    GET  /api/v1/approvals/{id}?wait=30     one request (long-poll until decided)
+    GET  /api/v1/approvals/{id}?wait=30     one request (long-poll until it changes)
     POST /api/v1/approvals/{id}/decision    approve / approve with edits / reject (signed-in approvers)
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Literal
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
 
@@ -32,6 +33,8 @@ from fleet.models import Agent, Risk, Tool
 
 router = Router(tags=["approvals"])
 MAX_WAIT_SECONDS = 30
+# A long-poll reads its request again this often even without an event (events are hints).
+RECHECK_SECONDS = 5
 POLICY = "policy"
 
 
@@ -186,37 +189,60 @@ def approval_list(request: HttpRequest, filters: Query[ApprovalFilter]) -> dict[
     return {"items": items, "next_before": items[-1].pk if len(items) == filters.limit else None}
 
 
+def _read_and_release(principal: Any, approval_id: int) -> ApprovalRequest:
+    """One read, then the connection goes back to the pool: a long-poll waits on the channel
+    layer, and hundreds of them must not hold the database's connections while they do."""
+    try:
+        return _request_for(principal, approval_id)
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
 @router.get(
     "/approvals/{approval_id}",
     response=ApprovalOut,
     auth=key_or_session(Scope.APPROVALS),
-    summary="One request (long-poll for the decision with ?wait=seconds)",
+    summary="One request (long-poll for a change with ?wait=seconds)",
 )
 async def approval_detail(
     request: HttpRequest, approval_id: int, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
 ) -> ApprovalRequest:
-    """With ``wait``, a pending request is held until it is decided (or escalates, expires, is
-    withdrawn) or ``wait`` seconds pass."""
+    """With ``wait``, a pending request is held until it changes — decided, escalated to the next
+    level, expired or withdrawn — or ``wait`` seconds pass. It waits for the request's live
+    event (published on commit) holding no database connection, and reads the row again when
+    one arrives, and every few seconds in case an event was lost (live events are hints)."""
     principal = request.auth  # type: ignore[attr-defined]
-    found = await sync_to_async(_request_for)(principal, approval_id)
-    if wait == 0 or not found.is_pending:
-        return found
+    if wait == 0:
+        return await sync_to_async(_read_and_release)(principal, approval_id)
     layer = get_channel_layer()
     channel = await layer.new_channel()
     group = f"approval.{approval_id}"
-    await layer.group_add(group, channel)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    await layer.group_add(group, channel)  # before the first read: no change can slip between
+    receiving = asyncio.ensure_future(layer.receive(channel))
     try:
+        found = await sync_to_async(_read_and_release)(principal, approval_id)
+        if not found.is_pending:
+            return found
+        level = found.level
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         while (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(layer.receive(channel), timeout=min(remaining, 5))
-            found = await sync_to_async(_request_for)(principal, approval_id)
-            if not found.is_pending:
+            # asyncio.wait, not wait_for: a cancelled receive would unsubscribe the channel.
+            done, _ = await asyncio.wait({receiving}, timeout=min(remaining, RECHECK_SECONDS))
+            if done:
+                # Broker gone: go on re-reading every few seconds without it.
+                failed = receiving.exception() is not None
+                receiving = loop.create_future() if failed else asyncio.ensure_future(layer.receive(channel))
+            found = await sync_to_async(_read_and_release)(principal, approval_id)
+            if not found.is_pending or found.level != level:
                 return found
+        return found
     finally:
+        receiving.cancel()  # (the layer drops the channel when its receive is cancelled)
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
         await layer.group_discard(group, channel)
-    return found
 
 
 @router.post(

@@ -140,7 +140,7 @@ def start_worker(
     return worker
 
 
-def start_web(port: int | None = None) -> tuple[Process, str]:
+def start_web(port: int | None = None, env: dict[str, str] | None = None) -> tuple[Process, str]:
     port = port or free_port()
     web = Process(
         "web",
@@ -154,6 +154,7 @@ def start_web(port: int | None = None) -> tuple[Process, str]:
             str(port),
             "cockpit.asgi:application",
         ],
+        env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
