@@ -9,22 +9,18 @@ the decision or receive a signed callback; approvers decide.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
-from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
 
 from approvals import cedar
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.services import AlreadyDecided, approval_decide, approval_request_create, judge
-from cockpit import access
+from cockpit import access, live
 from cockpit.api import api, key_or_session, session_auth
 from cockpit.audit import Actor
 from cockpit.models import ApiKey, Scope
@@ -33,8 +29,6 @@ from fleet.models import Agent, Risk, Tool
 
 router = Router(tags=["approvals"])
 MAX_WAIT_SECONDS = 30
-# A long-poll reads its request again this often even without an event (events are hints).
-RECHECK_SECONDS = 5
 POLICY = "policy"
 
 
@@ -189,16 +183,6 @@ def approval_list(request: HttpRequest, filters: Query[ApprovalFilter]) -> dict[
     return {"items": items, "next_before": items[-1].pk if len(items) == filters.limit else None}
 
 
-def _read_and_release(principal: Any, approval_id: int) -> ApprovalRequest:
-    """One read, then the connection goes back to the pool: a long-poll waits on the channel
-    layer, and hundreds of them must not hold the database's connections while they do."""
-    try:
-        return _request_for(principal, approval_id)
-    finally:
-        if not connection.in_atomic_block:
-            connection.close()
-
-
 @router.get(
     "/approvals/{approval_id}",
     response=ApprovalOut,
@@ -209,40 +193,17 @@ async def approval_detail(
     request: HttpRequest, approval_id: int, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
 ) -> ApprovalRequest:
     """With ``wait``, a pending request is held until it changes — decided, escalated to the next
-    level, expired or withdrawn — or ``wait`` seconds pass. It waits for the request's live
-    event (published on commit) holding no database connection, and reads the row again when
-    one arrives, and every few seconds in case an event was lost (live events are hints)."""
+    level, expired or withdrawn — or ``wait`` seconds pass, holding no database connection
+    meanwhile (``cockpit.live.hold_until``)."""
     principal = request.auth  # type: ignore[attr-defined]
     if wait == 0:
-        return await sync_to_async(_read_and_release)(principal, approval_id)
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    group = f"approval.{approval_id}"
-    await layer.group_add(group, channel)  # before the first read: no change can slip between
-    receiving = asyncio.ensure_future(layer.receive(channel))
-    try:
-        found = await sync_to_async(_read_and_release)(principal, approval_id)
-        if not found.is_pending:
-            return found
-        level = found.level
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while (remaining := deadline - loop.time()) > 0:
-            # asyncio.wait, not wait_for: a cancelled receive would unsubscribe the channel.
-            done, _ = await asyncio.wait({receiving}, timeout=min(remaining, RECHECK_SECONDS))
-            if done:
-                # Broker gone: go on re-reading every few seconds without it.
-                failed = receiving.exception() is not None
-                receiving = loop.create_future() if failed else asyncio.ensure_future(layer.receive(channel))
-            found = await sync_to_async(_read_and_release)(principal, approval_id)
-            if not found.is_pending or found.level != level:
-                return found
-        return found
-    finally:
-        receiving.cancel()  # (the layer drops the channel when its receive is cancelled)
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiving
-        await layer.group_discard(group, channel)
+        return await sync_to_async(_request_for)(principal, approval_id)
+    return await live.hold_until(
+        f"approval.{approval_id}",
+        lambda: _request_for(principal, approval_id),
+        lambda first, latest: not latest.is_pending or latest.level != first.level,
+        seconds=wait,
+    )
 
 
 @router.post(

@@ -717,7 +717,6 @@ def _escalate_many(requests: list[ApprovalRequest], following: EscalationLevel, 
                 new=f"L{following.level}",
                 actor_label=ESCALATOR.label,
                 reason=f"no decision within the SLA of L{old}",
-                at=now,
             )
         )
     ApprovalEvent.objects.bulk_create(events)
@@ -743,7 +742,6 @@ def _expire_many(requests: list[ApprovalRequest], now: datetime) -> list[dict[st
     for request in requests:
         reason = f"no decision within the SLA of every level (L1–L{request.level}); expired as rejected"
         event = request.transition_to(ApprovalStatus.EXPIRED, actor_label=ESCALATOR.label, reason=reason)
-        event.at = now
         events.append(event)
         request.decided_at, request.decided_by_label, request.decision_reason = now, ESCALATOR.label, reason
         by_reason.setdefault(reason, []).append(request.pk)
