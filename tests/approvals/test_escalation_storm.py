@@ -205,3 +205,23 @@ def test_one_sweep_at_a_time(four_levels, external, on_postgres) -> None:
     request.refresh_from_db()
     assert request.level == 2
     assert ApprovalEvent.objects.filter(request=request, kind="escalated").count() == 1
+
+
+def test_an_email_sent_after_the_request_moved_on_still_goes_to_its_own_level(
+    four_levels, external, django_capture_on_commit_callbacks
+) -> None:
+    """In a storm the L1 email may leave after the request reached L2: it is still L1's."""
+    from approvals.tasks import notification_deliver
+
+    with django_capture_on_commit_callbacks(execute=False):
+        [request] = ask(external, 1)
+    with time_machine.travel(request.deadline + timedelta(seconds=1), tick=False):
+        with django_capture_on_commit_callbacks(execute=False):
+            assert approvals_sweep() == 1
+        for level in (1, 2):
+            notification = Notification.objects.get(request=request, level=level, channel="email")
+            assert notification_deliver.apply(args=[notification.pk]).get() == "sent"
+    assert [(m.to, m.subject.split(":")[0]) for m in mail.outbox] == [
+        (["l1@example.com"], "[Cockpit] Approval needed (L1)"),
+        (["l2@example.com"], "[Cockpit] Approval needed (L2)"),
+    ]
