@@ -3,19 +3,16 @@ the decision or receive a signed callback; approvers decide.
 
     POST /api/v1/approvals                  ask for a decision (Idempotency-Key honoured)
     GET  /api/v1/approvals                  requests, newest first (paged with ?before=<id>)
-    GET  /api/v1/approvals/{id}?wait=30     one request (long-poll until decided)
+    GET  /api/v1/approvals/{id}?wait=30     one request (long-poll until it changes)
     POST /api/v1/approvals/{id}/decision    approve / approve with edits / reject (signed-in approvers)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
@@ -23,7 +20,7 @@ from ninja import Field, Query, Router, Schema, Status
 from approvals import cedar
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.services import AlreadyDecided, PolicyRefusal, approval_decide, approval_request_create, judge
-from cockpit import access
+from cockpit import access, live
 from cockpit.api import api, key_or_session, session_auth
 from cockpit.audit import Actor
 from cockpit.models import ApiKey, Scope
@@ -215,33 +212,23 @@ def approval_list(request: HttpRequest, filters: Query[ApprovalFilter]) -> dict[
     "/approvals/{approval_id}",
     response=ApprovalOut,
     auth=key_or_session(Scope.APPROVALS),
-    summary="One request (long-poll for the decision with ?wait=seconds)",
+    summary="One request (long-poll for a change with ?wait=seconds)",
 )
 async def approval_detail(
     request: HttpRequest, approval_id: int, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
 ) -> ApprovalRequest:
-    """With ``wait``, a pending request is held until it is decided (or escalates, expires, is
-    withdrawn) or ``wait`` seconds pass."""
+    """With ``wait``, a pending request is held until it changes — decided, escalated to the next
+    level, expired or withdrawn — or ``wait`` seconds pass, holding no database connection
+    meanwhile (``cockpit.live.hold_until``)."""
     principal = request.auth  # type: ignore[attr-defined]
-    found = await sync_to_async(_request_for)(principal, approval_id)
-    if wait == 0 or not found.is_pending:
-        return found
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    group = f"approval.{approval_id}"
-    await layer.group_add(group, channel)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    try:
-        while (remaining := deadline - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(layer.receive(channel), timeout=min(remaining, 5))
-            found = await sync_to_async(_request_for)(principal, approval_id)
-            if not found.is_pending:
-                return found
-    finally:
-        await layer.group_discard(group, channel)
-    return found
+    if wait == 0:
+        return await sync_to_async(_request_for)(principal, approval_id)
+    return await live.hold_until(
+        f"approval.{approval_id}",
+        lambda: _request_for(principal, approval_id),
+        lambda first, latest: not latest.is_pending or latest.level != first.level,
+        seconds=wait,
+    )
 
 
 @router.post(

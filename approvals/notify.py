@@ -63,9 +63,12 @@ def deliver(notification: Notification) -> None:
 
 
 def _email(request: ApprovalRequest, level: int) -> None:
-    from approvals.services import _recipients, level_of
+    from approvals.services import _recipients
 
-    recipients = _recipients(request, level_of(request))
+    # The approvers of the level the notification is about: in a storm an email may go out
+    # after the request has moved on, and must not reach the next level's group instead.
+    policy = request.escalation_policy
+    recipients = _recipients(request, policy.levels.filter(level=level).first() if policy else None)
     if not recipients:
         return
     minutes = max(1, round((request.deadline.timestamp() - time.time()) / 60))

@@ -9,7 +9,8 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,7 +42,7 @@ from approvals.models import (
     team_scope,
 )
 from cockpit import live
-from cockpit.audit import Actor, audit_record
+from cockpit.audit import Actor, audit_record, audit_record_many
 from cockpit.lib.actionhash import action_hash
 from cockpit.models import ActorType, Team
 from fleet.models import Agent, AlreadyDecided, Run, Tool
@@ -480,26 +481,36 @@ def _recipients(request: ApprovalRequest, level: EscalationLevel | None) -> list
 
 
 def _notify(request: ApprovalRequest, level: EscalationLevel | None) -> None:
-    """One notification per channel of the level, created with the change that caused it; the
-    unique (request, level, channel) is what keeps it to exactly one."""
-    from approvals.tasks import notification_deliver
-
-    if level is None:
-        return
-    for channel in level.channels:
-        notification, created = Notification.objects.get_or_create(request=request, level=level.level, channel=channel)
-        if created:
-            transaction.on_commit(functools.partial(notification_deliver.delay, notification.pk), robust=True)
+    """Tell the level's approvers through each of its channels."""
+    if level is not None:
+        _notify_many((request, level.level, channel) for channel in level.channels)
 
 
 def _callback(request: ApprovalRequest) -> None:
-    from approvals.tasks import notification_deliver
+    """Tell the requesting agent (its ``callback_url``) that the request left ``pending``."""
+    _notify_many([(request, request.level, Channel.CALLBACK)])
 
-    notification, created = Notification.objects.get_or_create(
-        request=request, level=request.level, channel=Channel.CALLBACK
-    )
-    if created:
-        transaction.on_commit(functools.partial(notification_deliver.delay, notification.pk), robust=True)
+
+def _notify_many(wanted: Iterable[tuple[ApprovalRequest, int, str]]) -> None:
+    """One notification per (request, level, channel), created with the change that causes it:
+    the unique constraint is what keeps it to exactly one, however often a sweep or task runs.
+    After the commit they are handed to the workers in one message (a sweep that escalates 500
+    requests does not wait for 500 enqueues)."""
+    from approvals.tasks import notification_deliver, notifications_deliver_many
+
+    rows = [Notification(request=request, level=level, channel=channel) for request, level, channel in wanted]
+    if not rows:
+        return
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    keys = {(n.request_id, n.level, n.channel) for n in rows}
+    unsent = Notification.objects.filter(
+        request_id__in={n.request_id for n in rows}, status=NotificationStatus.PENDING, attempts=0
+    ).values_list("pk", "request_id", "level", "channel")
+    ids = sorted(pk for pk, *key in unsent if tuple(key) in keys)
+    if len(ids) == 1:
+        transaction.on_commit(functools.partial(notification_deliver.delay, ids[0]), robust=True)
+    elif ids:
+        transaction.on_commit(functools.partial(notifications_deliver_many.delay, ids), robust=True)
 
 
 # --- Deciding ---------------------------------------------------------------------------------
@@ -767,38 +778,84 @@ def approval_withdraw(*, actor: Actor, request: ApprovalRequest, reason: str) ->
 # --- Escalation and expiry --------------------------------------------------------------------
 
 
-def approvals_sweep(*, now: datetime | None = None, batch: int = 500) -> int:
-    """Escalate (or expire) every pending request whose deadline has passed. Safe to run in
-    several workers at once and again after a crash: each batch locks its rows (PostgreSQL skips
-    rows another sweeper holds) and re-checks the deadline, so a request moves one level at a
-    time, exactly once per deadline. Each request moves in a savepoint of its own: one that
-    cannot move is logged and left, and never takes the rest of its batch back with it."""
-    now = now or timezone.now()
-    total = 0
-    stuck: set[int] = set()  # not taken again by this sweep's next batches
-    while True:
-        with transaction.atomic():
-            due = (
-                ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, deadline__lte=now)
-                .exclude(pk__in=stuck)
-                .order_by("deadline")
-            )
-            if connection.vendor == "postgresql":
-                due = due.select_for_update(skip_locked=True, of=("self",))
-            rows = list(due.select_related("team", "agent", "run", "escalation_policy")[:batch])
-            if not rows:
+# PostgreSQL advisory lock (session level) held by the one sweep running; any constant works, it
+# only has to be the same in every process.
+_SWEEP_LOCK_KEY = 0x6170_7377  # "apsw"
+# A sweep that keeps finding work hands over after this long, so a worker is never held for good
+# (the next beat tick starts the next sweep at once).
+SWEEP_MAX_SECONDS = 50.0
+
+
+@contextlib.contextmanager
+def _sweep_lock() -> Iterator[bool]:
+    """True if this process may sweep now; False if another sweep is running. Never waits.
+
+    PostgreSQL: ``pg_try_advisory_lock`` on this connection, released at the end (or by the
+    server when the connection dies, so a killed worker never leaves it held). SQLite: every
+    write transaction already takes the database's write lock, so sweeps cannot overlap there.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_SWEEP_LOCK_KEY])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_SWEEP_LOCK_KEY])
+
+
+def approvals_sweep(*, now: datetime | None = None, batch: int = 500) -> int | None:
+    """Escalate (or expire) every pending request whose deadline has passed; the number moved,
+    or ``None`` when another sweep is running (this one does nothing: at most one sweep runs at
+    a time, so beat's ticks never pile up behind a slow one).
+
+    Each batch is one transaction: one statement claims the due rows (``FOR UPDATE SKIP
+    LOCKED`` re-checks each deadline under the lock), a few statements move them all, and the
+    notifications, live events and audit rows are written in bulk (audit last, so the chain's
+    lock is held only for the INSERT). A sweep that falls behind keeps claiming batches, each
+    with a fresh ``now``, until nothing is due: it catches up instead of queueing more. Safe
+    after a crash: the next sweep finds the same rows."""
+    with _sweep_lock() as acquired:
+        if not acquired:
+            return None
+        total = 0
+        started = time.monotonic()
+        while True:
+            moved = _sweep_batch(now or timezone.now(), batch)
+            total += moved
+            if moved < batch or time.monotonic() - started > SWEEP_MAX_SECONDS:
                 return total
-            levels = _levels_by_policy({r.escalation_policy_id for r in rows if r.escalation_policy_id})
-            for request in rows:
-                try:
-                    with transaction.atomic():
-                        _escalate(request, levels.get(request.escalation_policy_id or 0, []), now)
-                except Exception:  # noqa: BLE001 - one request's trouble is not its batch's
-                    logger.exception("approval request %s: could not escalate or expire it", request.pk)
-                    stuck.add(request.pk)
-        total += len([r for r in rows if r.pk not in stuck])
-        if len(rows) < batch:
-            return total
+
+
+@transaction.atomic
+def _sweep_batch(now: datetime, batch: int) -> int:
+    due = ApprovalRequest.objects.filter(status=ApprovalStatus.PENDING, deadline__lte=now).order_by("deadline")
+    if connection.vendor == "postgresql":
+        due = due.select_for_update(skip_locked=True, of=("self",))
+    rows = list(due.select_related("team", "agent", "run", "escalation_policy")[:batch])
+    if not rows:
+        return 0
+    levels = _levels_by_policy({r.escalation_policy_id for r in rows if r.escalation_policy_id})
+    moves: dict[int, list[ApprovalRequest]] = {}
+    expiring: list[ApprovalRequest] = []
+    for request in rows:
+        following = next(
+            (lv for lv in levels.get(request.escalation_policy_id or 0, []) if lv.level == request.level + 1), None
+        )
+        if following is None:
+            expiring.append(request)
+        else:
+            moves.setdefault(following.pk, []).append(request)
+    by_pk = {lv.pk: lv for group in levels.values() for lv in group}
+    for level_pk, requests in moves.items():
+        _escalate_many(requests, by_pk[level_pk], now)
+    audits = _expire_many(expiring, now) if expiring else []
+    audit_record_many(audits)  # last: the chain's lock is held until the commit
+    return len(rows)
 
 
 def _levels_by_policy(policy_ids: Iterable[int]) -> dict[int, list[EscalationLevel]]:
@@ -808,22 +865,27 @@ def _levels_by_policy(policy_ids: Iterable[int]) -> dict[int, list[EscalationLev
     return grouped
 
 
-def _escalate(request: ApprovalRequest, levels: list[EscalationLevel], now: datetime) -> None:
-    following = next((lv for lv in levels if lv.level == request.level + 1), None)
-    if following is not None:
-        old = request.level
-        request.level = following.level
-        request.deadline = now + timedelta(seconds=following.sla_seconds)
-        request.save(update_fields=["level", "deadline"])
-        ApprovalEvent.objects.create(
-            request=request,
-            kind=ApprovalEvent.Kind.ESCALATED,
-            old=f"L{old}",
-            new=f"L{following.level}",
-            actor_label=ESCALATOR.label,
-            reason=f"no decision within the SLA of L{old}",
+def _escalate_many(requests: list[ApprovalRequest], following: EscalationLevel, now: datetime) -> None:
+    """Move requests that are all at the level before ``following`` up to it, together."""
+    old = following.level - 1
+    deadline = now + timedelta(seconds=following.sla_seconds)
+    ApprovalRequest.objects.filter(pk__in=[r.pk for r in requests]).update(level=following.level, deadline=deadline)
+    events = []
+    for request in requests:
+        request.level, request.deadline = following.level, deadline
+        events.append(
+            ApprovalEvent(
+                request=request,
+                kind=ApprovalEvent.Kind.ESCALATED,
+                old=f"L{old}",
+                new=f"L{following.level}",
+                actor_label=ESCALATOR.label,
+                reason=f"no decision within the SLA of L{old}",
+            )
         )
-        _notify(request, following)
+    ApprovalEvent.objects.bulk_create(events)
+    _notify_many((r, following.level, channel) for r in requests for channel in following.channels)
+    for request in requests:
         _toast(request, following, f"Escalated to you: {request.agent.name} wants to run {request.action}")
         publish(request, escalated_from=old)
         if request.run is not None:
@@ -832,44 +894,68 @@ def _escalate(request: ApprovalRequest, levels: list[EscalationLevel], now: date
             fleet_services.run_approval_escalated(
                 actor=ESCALATOR, run=request.run, step_seq=request.step_seq, from_level=old, to_level=following.level
             )
-        return
-    _expire(request, now)
 
 
-def _expire(request: ApprovalRequest, now: datetime) -> None:
+def _expire_many(requests: list[ApprovalRequest], now: datetime) -> list[dict[str, Any]]:
     """Silence is never approval: past the last level's deadline the action is rejected (or the
-    run cancelled, if the escalation policy says so)."""
+    run cancelled, if the escalation policy says so). Returns the audit records to write."""
     from fleet import services as fleet_services
 
-    policy = request.escalation_policy
-    on_expiry = policy.on_expiry if policy else OnExpiry.REJECT
-    reason = f"no decision within the SLA of every level (L1–L{request.level}); expired as rejected"
-    event = request.transition_to(ApprovalStatus.EXPIRED, actor_label=ESCALATOR.label, reason=reason)
-    request.decided_at = now
-    request.decided_by_label = ESCALATOR.label
-    request.decision_reason = reason
-    request.save(update_fields=["status", "decided_at", "decided_by_label", "decision_reason"])
-    event.save()
-    audit_record(
-        actor=ESCALATOR,
-        action="approval.expire",
-        obj=request,
-        team=request.team,
-        after={"status": ApprovalStatus.EXPIRED, "on_expiry": on_expiry},
-        reason=reason,
-    )
-    if request.run is not None and request.step_seq and request.kind == ApprovalKind.APPROVAL:
-        if on_expiry == OnExpiry.CANCEL_RUN:
-            fleet_services.run_cancel(actor=ESCALATOR, run=request.run, reason=reason)
-        else:
-            # A run that no longer waits for it (it ended, or moved on): the request expires alone.
-            with contextlib.suppress(AlreadyDecided):
-                fleet_services.approval_step_decide(
-                    actor=ESCALATOR, run=request.run, step_seq=request.step_seq, approved=False, reason=reason
-                )
-    if request.callback_url:
-        _callback(request)
-    publish(request)
+    events, audits = [], []
+    by_reason: dict[str, list[int]] = {}
+    for request in requests:
+        reason = f"no decision within the SLA of every level (L1–L{request.level}); expired as rejected"
+        event = request.transition_to(ApprovalStatus.EXPIRED, actor_label=ESCALATOR.label, reason=reason)
+        events.append(event)
+        request.decided_at, request.decided_by_label, request.decision_reason = now, ESCALATOR.label, reason
+        by_reason.setdefault(reason, []).append(request.pk)
+    for reason, pks in by_reason.items():
+        ApprovalRequest.objects.filter(pk__in=pks).update(
+            status=ApprovalStatus.EXPIRED, decided_at=now, decided_by_label=ESCALATOR.label, decision_reason=reason
+        )
+    ApprovalEvent.objects.bulk_create(events)
+    for request in requests:
+        policy = request.escalation_policy
+        on_expiry = policy.on_expiry if policy else OnExpiry.REJECT
+        audits.append(
+            {
+                "actor": ESCALATOR,
+                "action": "approval.expire",
+                "obj": request,
+                "team": request.team,
+                "after": {"status": ApprovalStatus.EXPIRED, "on_expiry": on_expiry},
+                "reason": request.decision_reason,
+            }
+        )
+        if request.run is not None and request.step_seq and request.kind == ApprovalKind.APPROVAL:
+            _expire_run_step(request, on_expiry)
+        publish(request)
+    _notify_many((r, r.level, Channel.CALLBACK) for r in requests if r.callback_url)
+    return audits
+
+
+def _expire_run_step(request: ApprovalRequest, on_expiry: str) -> None:
+    """Tell the run its request expired. In a savepoint of its own: a run in a state nobody
+    foresaw is logged and left, and never takes the rest of the sweep's batch back with it. A
+    run that no longer waits for the request (it ended, or moved on) lets it expire alone."""
+    from fleet import services as fleet_services
+
+    assert request.run is not None
+    try:
+        with transaction.atomic():
+            if on_expiry == OnExpiry.CANCEL_RUN:
+                fleet_services.run_cancel(actor=ESCALATOR, run=request.run, reason=request.decision_reason)
+            else:
+                with contextlib.suppress(AlreadyDecided):
+                    fleet_services.approval_step_decide(
+                        actor=ESCALATOR,
+                        run=request.run,
+                        step_seq=request.step_seq,
+                        approved=False,
+                        reason=request.decision_reason,
+                    )
+    except Exception:  # noqa: BLE001 - one run's trouble is not its batch's
+        logger.exception("approval request %s expired; its run %s could not be told", request.pk, request.run_id)
 
 
 # --- Notifications ----------------------------------------------------------------------------

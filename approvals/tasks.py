@@ -11,10 +11,12 @@ from django.utils import timezone
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True, ignore_result=True)
-def escalation_sweep() -> int:
-    """Escalate or expire the requests whose deadline has passed (beat runs this every second;
-    running it twice, or in two workers, changes nothing twice)."""
+@shared_task(ignore_result=True)
+def escalation_sweep() -> int | None:
+    """Escalate or expire the requests whose deadline has passed. Beat sends this every second
+    with a short ``expires``; while one sweep runs, the others return at once (``None``), and
+    the running one catches up with whatever falls due meanwhile. Running it twice, or in two
+    workers, changes nothing twice."""
     from approvals.services import approvals_sweep
 
     return approvals_sweep()
@@ -40,6 +42,15 @@ def notification_deliver(self, notification_id: int) -> str:  # noqa: ANN001
         return "refused"
     notification_finish(notification)
     return "sent"
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def notifications_deliver_many(notification_ids: list[int]) -> int:
+    """Hand each notification of a batch (an escalation sweep's) its own delivery task, so each
+    is claimed, sent and retried on its own while the sweeper goes on with the next batch."""
+    for notification_id in notification_ids:
+        notification_deliver.delay(notification_id)
+    return len(notification_ids)
 
 
 @shared_task(ignore_result=True)

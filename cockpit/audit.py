@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -134,13 +134,31 @@ def audit_record(
     reason: str = "",
 ) -> AuditEvent:
     """Append one audit row. Must run inside the caller's ``transaction.atomic`` block."""
-    if not connection.in_atomic_block:
-        raise RuntimeError("audit_record() must be called inside the service's transaction.atomic block")
+    event = _new_event(actor=actor, action=action, obj=obj, team=team, before=before, after=after, reason=reason)
+    return _append([event])[0]
+
+
+def audit_record_many(records: Sequence[dict[str, Any]]) -> list[AuditEvent]:
+    """Append several audit rows at once, each ``records`` item holding ``audit_record``'s
+    arguments: one lock, one read of the chain's head, one INSERT. For services that change a
+    batch of objects in one transaction (the escalation sweeper): call it last, just before the
+    commit, so the chain's lock is held for milliseconds, not for the whole batch."""
+    return _append([_new_event(**record) for record in records])
+
+
+def _new_event(
+    *,
+    actor: Actor,
+    action: str,
+    obj: Model | None = None,
+    team: Team | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    reason: str = "",
+) -> AuditEvent:
     if team is None and obj is not None:
         team = obj if isinstance(obj, Team) else getattr(obj, "team", None)
-    _lock_chain()
-    last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
-    event = AuditEvent(
+    return AuditEvent(
         actor_type=actor.type,
         actor_user=actor.user if actor.type == ActorType.USER else None,
         actor_api_key=actor.api_key if actor.type == ActorType.API_KEY else None,
@@ -154,15 +172,30 @@ def audit_record(
         after=_json_safe(after),
         reason=reason,
         ip=actor.ip,
-        prev_hash=last or GENESIS_HASH,
     )
-    event.hash = event.compute_hash()
-    event.save(force_insert=True)
-    live.publish(
-        {"type": "audit.created", "id": event.pk, "action": action},
-        team_id=event.team_id,
-    )
-    return event
+
+
+def _append(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Chain ``events`` after the current head, in order, and store them."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_record() must be called inside the service's transaction.atomic block")
+    if not events:
+        return events
+    _lock_chain()
+    last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
+    for event in events:
+        event.prev_hash = last or GENESIS_HASH
+        event.hash = last = event.compute_hash()
+    if len(events) == 1:
+        events[0].save(force_insert=True)
+    else:
+        AuditEvent.objects.bulk_create(events)
+    for event in events:
+        live.publish(
+            {"type": "audit.created", "id": event.pk, "action": event.action},
+            team_id=event.team_id,
+        )
+    return events
 
 
 @dataclass(frozen=True)

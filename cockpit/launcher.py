@@ -296,7 +296,7 @@ def demo(port: int) -> int:
         access_log = str(VAR / "log" / "access.log")
         web = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--access-log", access_log]
         supervisor.start("web", [*web, "cockpit.asgi:application"], env)
-        queues = "default,escalations,ingest,rollups,maintenance"
+        queues = "default,escalations,notifications,ingest,rollups,maintenance"
         supervisor.start("worker", _celery("worker", "-c", "2", "-n", "demo@%h", "-Q", queues), env)
         # Agent runs wait on models and tools, not on the CPU: many threads in one process.
         runs = ("worker", "-P", "threads", "-c", "16", "-n", "demo-runs@%h", "-Q", "runs")

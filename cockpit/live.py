@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -25,8 +26,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
@@ -202,3 +204,58 @@ atexit.register(_sender.flush)
 def flush(timeout: float = 2.0) -> bool:
     """Wait for this process's queued events to be sent (tests, benchmarks, commands)."""
     return _sender.flush(timeout)
+
+
+# --- Long-polls --------------------------------------------------------------------------------
+
+# A long-poll reads its object again this often even without an event (events are hints).
+LONG_POLL_RECHECK_SECONDS = 5.0
+
+
+def _read_and_release[T](read: Callable[[], T]) -> T:
+    """One read, then the thread's connection goes back to the pool (not inside a transaction:
+    tests run in one)."""
+    try:
+        return read()
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+async def hold_until[T](
+    topic: str,
+    read: Callable[[], T],
+    done: Callable[[T, T], bool],
+    *,
+    seconds: float,
+    recheck: float = LONG_POLL_RECHECK_SECONDS,
+) -> T:
+    """Hold a long-poll for up to ``seconds``: the first result of ``read()`` (a sync,
+    permission-checked read) for which ``done(first, latest)`` is true, else the last one.
+
+    It subscribes to ``topic`` before the first read (no change slips between) and reads again
+    whenever the topic's live event arrives, and every ``recheck`` seconds in case one was lost.
+    While it waits it holds no database connection (each read gives its connection back), so
+    hundreds of waiting clients need none; if the broker fails it goes on re-reading without it.
+    """
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(topic, channel)
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    loop = asyncio.get_running_loop()
+    try:
+        first = latest = await sync_to_async(_read_and_release)(read)
+        deadline = loop.time() + seconds
+        while not done(first, latest) and (remaining := deadline - loop.time()) > 0:
+            # asyncio.wait, not wait_for: a cancelled receive would unsubscribe the channel.
+            finished, _ = await asyncio.wait({receiving}, timeout=min(remaining, recheck))
+            if finished:
+                failed = receiving.exception() is not None
+                receiving = loop.create_future() if failed else asyncio.ensure_future(layer.receive(channel))
+            latest = await sync_to_async(_read_and_release)(read)
+        return latest
+    finally:
+        receiving.cancel()  # (the layer drops the channel when its receive is cancelled)
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
+        await layer.group_discard(topic, channel)

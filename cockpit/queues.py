@@ -15,7 +15,8 @@ from kombu import Queue as KombuQueue
 class Queue(StrEnum):
     DEFAULT = "default"
     RUNS = "runs"  # managed agent runs (fleet)
-    ESCALATIONS = "escalations"  # approval deadlines and notifications (approvals)
+    ESCALATIONS = "escalations"  # approval deadlines: the escalation sweeper (approvals)
+    NOTIFICATIONS = "notifications"  # approval emails, webhooks and callbacks (approvals)
     INGEST = "ingest"  # span post-processing (traces)
     ROLLUPS = "rollups"  # cost rollups, budgets, forecasts (finops)
     MAINTENANCE = "maintenance"  # retention, audit verification, clean-ups
@@ -30,6 +31,8 @@ CELERY_TASK_ROUTES = {
     "fleet.tasks.demo_start_runs": {"queue": Queue.MAINTENANCE.value},
     "fleet.tasks.run_spans_sweep": {"queue": Queue.MAINTENANCE.value},
     "fleet.tasks.*": {"queue": Queue.RUNS.value},
+    # A storm of notifications must not delay the sweeper that escalates the next level.
+    "approvals.tasks.notification*": {"queue": Queue.NOTIFICATIONS.value},
     "approvals.tasks.*": {"queue": Queue.ESCALATIONS.value},
     "traces.tasks.traces_purge": {"queue": Queue.MAINTENANCE.value},
     "traces.tasks.*": {"queue": Queue.INGEST.value},

@@ -25,10 +25,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
     },
     # Approval deadlines: escalate to the next level, or expire as rejected. Every second, so a
     # deadline is acted on within about a second; the deadlines themselves are database columns.
+    # One sweep runs at a time (the others return at once) and catches up by itself, so a copy
+    # still queued after a second is dropped rather than piling up behind it.
     "approvals-escalation-sweep": {
         "task": "approvals.tasks.escalation_sweep",
         "schedule": 1.0,
-        "options": {"expires": 2},
+        "options": {"expires": 1},
     },
     # Notifications whose worker died while sending them are tried again.
     "approvals-resend-stuck-notifications": {

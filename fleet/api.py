@@ -12,19 +12,16 @@ managed runs are started here too; operators pause, resume, cancel and override.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 
-from cockpit import access
+from cockpit import access, live
 from cockpit.api import key_or_session, session_auth
 from cockpit.audit import Actor
 from cockpit.models import ApiKey, Scope
@@ -298,27 +295,15 @@ async def run_directive(
     """Returns at once when ``wait`` is 0 or the directive is not ``continue``; otherwise holds
     the request until the directive changes (pause, cancel, an override) or ``wait`` seconds pass."""
     principal = request.auth  # type: ignore[attr-defined]
-    run = await sync_to_async(_run_for)(principal, run_id)
-    current = directive_for(run)
-    if wait == 0 or current["directive"] != "continue":
-        return current
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    group = f"run.{run_id}"
-    await layer.group_add(group, channel)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    try:
-        while (remaining := deadline - loop.time()) > 0:
-            # Woken by the run's live events; re-read at least every 5 s in case one is lost.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(layer.receive(channel), timeout=min(remaining, 5))
-            fresh = directive_for(await sync_to_async(_run_for)(principal, run_id))
-            if fresh != current:
-                return fresh
-    finally:
-        await layer.group_discard(group, channel)
-    return current
+    if wait == 0:
+        return directive_for(await sync_to_async(_run_for)(principal, run_id))
+    # Woken by the run's live events, holding no database connection while it waits.
+    return await live.hold_until(
+        f"run.{run_id}",
+        lambda: directive_for(_run_for(principal, run_id)),
+        lambda first, latest: latest["directive"] != "continue" or latest != first,
+        seconds=wait,
+    )
 
 
 class RefusedOut(Schema):

@@ -71,7 +71,7 @@ def worker_process(django_db_setup, django_db_blocker) -> Iterator[processes.Pro
     """A real Celery worker on the test database, shared by the session's tests. It leaves the
     runs queue alone: tests of the runtime start (and kill) run workers of their own."""
     with django_db_blocker.unblock():
-        worker = processes.start_worker(queues="default,escalations,ingest,rollups,maintenance")
+        worker = processes.start_worker(queues="default,escalations,notifications,ingest,rollups,maintenance")
     yield worker
     worker.stop()
 

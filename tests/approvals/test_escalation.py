@@ -139,7 +139,7 @@ def test_concurrent_sweepers_escalate_each_request_once(make_agent, start, appro
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(counts) == 12
+    assert sum(c or 0 for c in counts) == 12  # (None: another sweep was running)
     assert ApprovalEvent.objects.filter(kind="escalated").count() == 12
     assert set(ApprovalRequest.objects.values_list("level", flat=True)) == {2}
 

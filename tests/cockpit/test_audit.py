@@ -156,3 +156,21 @@ def test_concurrent_writers_keep_one_unbroken_chain(team) -> None:
     report = audit_verify()
     assert report.intact, str(report)
     assert report.checked == AuditEvent.objects.count() >= 30
+
+
+def test_a_batch_of_rows_is_chained_in_order_between_single_ones(team) -> None:
+    """``audit_record_many`` (the escalation sweeper's expiries) links each row to the one before
+    it, exactly as the same rows written one by one would be."""
+    from cockpit.audit import audit_record_many
+
+    with transaction.atomic():
+        audit_record(actor=ACTOR, action="x.before", team=team)
+        batch = audit_record_many([{"actor": ACTOR, "action": f"x.batch{i}", "team": team} for i in range(4)])
+        audit_record(actor=ACTOR, action="x.after", team=team)
+        assert audit_record_many([]) == []
+    events = list(AuditEvent.objects.order_by("id"))
+    assert [e.action for e in events[-6:]] == ["x.before", "x.batch0", "x.batch1", "x.batch2", "x.batch3", "x.after"]
+    assert [e.pk for e in batch] == [e.pk for e in events[-5:-1]]
+    for previous, event in zip(events, events[1:], strict=False):
+        assert event.prev_hash == previous.hash
+    assert audit_verify().intact

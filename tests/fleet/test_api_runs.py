@@ -252,3 +252,48 @@ def test_lists_and_details(client, key, external) -> None:
     assert detail["steps"] == [] and detail["directive"] == "continue"
     agents = client.get("/api/v1/agents", **auth(key)).json()
     assert [a["slug"] for a in agents] == ["crm-sync"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_directive_long_polls_hold_no_database_connection(team, external, admin_user) -> None:
+    """Six agents long-poll their directive on a server whose pool has two connections: all six
+    get in, a plain GET answers while they wait, and each of them sees the pause."""
+    import json
+    import urllib.request
+
+    from cockpit.models import ApiKey
+    from tests.support import processes
+
+    keys = [api_key_create(actor=SYSTEM, team=team, name=f"agent {n}", scopes=["runs"])[1] for n in range(6)]
+    run_id = post(Client(), "/api/v1/runs", {"agent": "crm-sync"}, **auth(keys[0])).json()["id"]
+    ApiKey.objects.update(last_used_at=None)
+    web, base = processes.start_web(env={"COCKPIT_DB_POOL_SIZE": "2"})
+    bodies: dict[int, dict] = {}
+
+    def get(path: str, key: str) -> dict:
+        call = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(call, timeout=60) as response:
+            return json.loads(response.read())
+
+    def poll(n: int) -> None:
+        try:
+            bodies[n] = get(f"/api/v1/runs/{run_id}/directive?wait=30", keys[n])
+        finally:
+            connections.close_all()
+
+    polls = [threading.Thread(target=poll, args=(n,), daemon=True) for n in range(6)]
+    try:
+        for thread in polls:
+            thread.start()
+        deadline = time.monotonic() + 25
+        while ApiKey.objects.filter(last_used_at__isnull=True).exists():
+            assert time.monotonic() < deadline, "long-polls are waiting for a database connection"
+            time.sleep(0.1)
+        assert get(f"/api/v1/runs/{run_id}/directive", keys[0])["directive"] == "continue"
+        assert all(thread.is_alive() for thread in polls)
+        services.run_pause(actor=Actor.for_user(admin_user), run=Run.objects.get(pk=run_id), reason="hold")
+        for thread in polls:
+            thread.join(25)
+        assert [bodies.get(n, {}).get("directive") for n in range(6)] == ["pause"] * 6
+    finally:
+        web.stop()

@@ -115,7 +115,7 @@ def start_worker(
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
 ) -> Process:
-    queues = queues or "default,runs,escalations,ingest,rollups,maintenance"
+    queues = queues or "default,runs,escalations,notifications,ingest,rollups,maintenance"
     command = [
         sys.executable,
         "-m",
@@ -140,7 +140,7 @@ def start_worker(
     return worker
 
 
-def start_web(port: int | None = None) -> tuple[Process, str]:
+def start_web(port: int | None = None, env: dict[str, str] | None = None) -> tuple[Process, str]:
     port = port or free_port()
     web = Process(
         "web",
@@ -154,6 +154,7 @@ def start_web(port: int | None = None) -> tuple[Process, str]:
             str(port),
             "cockpit.asgi:application",
         ],
+        env,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
