@@ -370,6 +370,7 @@ COCKPIT_CALLBACK_SECRET = (
 # set it in production, apart from SECRET_KEY (the fallback derives it from SECRET_KEY, so that
 # changing SECRET_KEY would change it too). After a change, list the former key in
 # COCKPIT_AUDIT_OLD_KEYS so that the rows and anchors signed with it still verify.
+COCKPIT_AUDIT_KEY_DERIVED = not env_str("COCKPIT_AUDIT_KEY")  # `check --deploy` warns about it
 COCKPIT_AUDIT_KEY = env_str("COCKPIT_AUDIT_KEY") or hashlib.sha256(f"cockpit-audit:{SECRET_KEY}".encode()).hexdigest()
 if len(COCKPIT_AUDIT_KEY) < 32:
     raise ImproperlyConfigured("COCKPIT_AUDIT_KEY must be at least 32 characters (use a long random string).")
