@@ -204,6 +204,7 @@ def _walk(events: Iterable[AuditEvent], *, anchor: Anchor | None, resume: bool) 
     ``anchor`` recorded is still there. ``resume``: ``events`` start at the anchored rows (and
     at the first row of chains the anchor does not know), not at the first row of each chain."""
     anchored = anchor.chains if anchor else {}
+    anchor_at = f"{anchor.at:%Y-%m-%d %H:%M:%S} UTC" if anchor else ""
     keys = audit_keys()
     heads: dict[int, ChainHead] = {}
     checked = 0
@@ -242,7 +243,7 @@ def _walk(events: Iterable[AuditEvent], *, anchor: Anchor | None, resume: bool) 
             )
         mark = anchored.get(chain)
         if mark is not None and mark.seq == event.seq and mark.hash != event.hash:
-            return broken(event.pk, f"it is not the row the anchor of {anchor.at:%Y-%m-%d %H:%M:%S} UTC recorded")
+            return broken(event.pk, f"it is not the row the anchor of {anchor_at} recorded")
         heads[chain] = ChainHead(seq=event.seq, id=event.pk, hash=event.hash)
         expected_seq, expected_prev = event.seq + 1, event.hash
         checked += 1
@@ -252,7 +253,7 @@ def _walk(events: Iterable[AuditEvent], *, anchor: Anchor | None, resume: bool) 
             now = f"ends at row {head.seq}" if head else "has no rows"
             return broken(
                 mark.id,
-                f"the anchor of {anchor.at:%Y-%m-%d %H:%M:%S} UTC recorded {_chain_name(chain_)} up to row "
+                f"the anchor of {anchor_at} recorded {_chain_name(chain_)} up to row "
                 f"{mark.seq} (event #{mark.id}), but it now {now}: rows were deleted from its end, or "
                 "the table was emptied",
             )
@@ -319,7 +320,7 @@ def audit_anchor() -> tuple[ChainReport, Anchor | None]:
             return _walk(events.iterator(chunk_size=2000), anchor=last, resume=True)
 
         report = _in_snapshot(read)
-    if not report.intact:
+    if not report.intact or isinstance(last, AnchorError):
         logger.error("audit chain %s; no new anchor written", report)
         return report, None
     anchor = anchor_make(chains=report.heads, previous=last, at=timezone.now())

@@ -10,11 +10,13 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
+from django.urls import reverse
 
 from cockpit import webhooks
 from cockpit.audit import Actor, audit_anchor, audit_record, audit_verify, audit_verify_snapshot
 from cockpit.models import GENESIS_HASH, AuditEvent, audit_signing_key
 from cockpit.services import api_key_create, team_create
+from cockpit.tasks import maintenance_audit_anchor
 from tests.support.receivers import Receiver
 
 pytestmark = pytest.mark.django_db
@@ -438,3 +440,23 @@ def test_a_rolled_back_savepoint_gives_its_chain_back(team, other_team) -> None:
         event = audit_record(actor=ACTOR, action="test.kept", team=other_team)
     assert event.chain == other_team.pk and event.seq == 1
     assert audit_verify().intact
+
+
+def test_the_system_page_shows_a_deleted_end_caught_by_the_anchor_task_and_the_check(
+    client, superuser, team, django_capture_on_commit_callbacks
+) -> None:
+    client.force_login(superuser)
+    chain = make_events(team)[-1].chain  # (in a test, every row is of one transaction: one chain)
+    events = list(AuditEvent.objects.filter(chain=chain).order_by("seq"))
+    maintenance_audit_anchor()
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("system"), {"check": "audit"})
+    page = client.get(reverse("system")).content.decode()
+    assert "intact: " in page and "every row of the anchor of" in page
+    raw_sql("DELETE FROM cockpit_auditevent WHERE chain = %s AND seq > 3", [chain])
+    maintenance_audit_anchor()  # the next anchor refuses, and says so
+    page = client.get(reverse("system")).content.decode()
+    assert f"broken at event #{events[-1].pk}" in page and "rows were deleted from its end" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("system"), {"check": "audit"})
+    assert "now ends at row 3" in client.get(reverse("system")).content.decode()
