@@ -16,7 +16,7 @@ class CockpitConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from cockpit import access, live, signals  # noqa: F401  (signals: login audit)
+        from cockpit import access, checks, live, signals  # noqa: F401  (signals: login audit)
         from cockpit.roles import TeamPerm, ensure_role_groups
 
         def can_view_team(user: User | AnonymousUser, ident: str) -> bool:

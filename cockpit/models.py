@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from datetime import UTC
+from functools import cache
 from typing import Any
 
-import pgtrigger
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
@@ -126,11 +127,17 @@ class ActorType(models.TextChoices):
 class AuditEvent(models.Model):
     """One audited change. Append-only: rows are never updated or deleted.
 
-    Each row stores the hash of the previous row and a hash of its own content plus that
-    previous hash (a hash chain), so an edited, removed or inserted row breaks the chain and
-    ``audit_verify`` names the first broken link. On PostgreSQL a trigger rejects UPDATE and
-    DELETE outright. Foreign keys carry no database constraint and never cascade: deleting a
-    user, key or team never touches the log.
+    Rows form hash chains, one per team (``chain`` is the team's id, 0 for rows of no team; on
+    PostgreSQL every row of one transaction goes to the chain of its first row, so that a
+    transaction waits for one chain only). Each row stores its position in the chain, the hash
+    of the row before it, and an HMAC of its own content, position and that previous hash,
+    keyed with ``COCKPIT_AUDIT_KEY``, which is not in the database: whoever can write to the
+    table cannot forge a row or re-hash the chain after an edit. ``audit_verify`` walks every
+    chain and checks it against the last signed anchor (``cockpit.audit_anchor``), which
+    catches rows deleted from the end and an emptied table. On PostgreSQL plain triggers (not
+    django-pgtrigger's, which a session can switch off) refuse UPDATE, DELETE and TRUNCATE.
+    Foreign keys carry no database constraint and never cascade: deleting a user, key or team
+    never touches the log.
     """
 
     at = models.DateTimeField(default=timezone.now)
@@ -169,7 +176,10 @@ class AuditEvent(models.Model):
     reason = models.TextField(blank=True)
     # Text, not inet: PostgreSQL would re-spell some addresses and change the hashed content.
     ip = models.CharField(max_length=45, blank=True)
+    chain = models.BigIntegerField()
+    seq = models.PositiveBigIntegerField()
     prev_hash = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=16)
     hash = models.CharField(max_length=64, unique=True)
 
     class Meta:
@@ -180,11 +190,9 @@ class AuditEvent(models.Model):
             models.Index(fields=["action", "-at"], name="audit_action_at"),
             models.Index(fields=["-at"], name="audit_at"),
         ]
-        triggers = [
-            pgtrigger.Protect(
-                name="audit_append_only",
-                operation=pgtrigger.Update | pgtrigger.Delete,
-            )
+        constraints = [
+            # Two rows can never claim one place in a chain, whatever a writer read.
+            models.UniqueConstraint(fields=["chain", "seq"], name="audit_chain_seq"),
         ]
 
     def __str__(self) -> str:
@@ -209,6 +217,40 @@ class AuditEvent(models.Model):
             "ip": self.ip,
         }
 
-    def compute_hash(self) -> str:
+    def compute_hash(self, key: bytes) -> str:
+        """The HMAC-SHA256, under ``key``, of the row's place in its chain, the previous row's
+        hash and the row's content."""
         payload = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
-        return hashlib.sha256(f"{self.prev_hash}{payload}".encode()).hexdigest()
+        message = f"{self.chain}:{self.seq}:{self.prev_hash}:{payload}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    def sign(self) -> None:
+        """Set ``key_id`` and ``hash`` with the current audit key."""
+        self.key_id, key = audit_signing_key()
+        self.hash = self.compute_hash(key)
+
+    def hash_is_valid(self) -> bool:
+        key = audit_keys().get(self.key_id)
+        return key is not None and hmac.compare_digest(self.compute_hash(key), self.hash)
+
+
+def audit_key_id(key: bytes) -> str:
+    """A short public name of an audit key (stored with each row), which reveals nothing of it."""
+    return hashlib.sha256(b"cockpit-audit-key-id:" + key).hexdigest()[:12]
+
+
+@cache
+def _keys(current: str, old: tuple[str, ...]) -> tuple[tuple[str, bytes], dict[str, bytes]]:
+    encoded = [k.encode() for k in (current, *old)]
+    return (audit_key_id(encoded[0]), encoded[0]), {audit_key_id(k): k for k in encoded}
+
+
+def audit_signing_key() -> tuple[str, bytes]:
+    """``(key_id, key)`` new rows and anchors are signed with (``COCKPIT_AUDIT_KEY``)."""
+    return _keys(settings.COCKPIT_AUDIT_KEY, tuple(settings.COCKPIT_AUDIT_OLD_KEYS))[0]
+
+
+def audit_keys() -> dict[str, bytes]:
+    """Every key rows may be signed with, by key id: the current one and the retired ones
+    (``COCKPIT_AUDIT_OLD_KEYS``) that older rows were signed with."""
+    return _keys(settings.COCKPIT_AUDIT_KEY, tuple(settings.COCKPIT_AUDIT_OLD_KEYS))[1]

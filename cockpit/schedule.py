@@ -57,6 +57,15 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(hour=3, minute=17),
         "options": {"expires": 3600},
     },
+    # Signs a checkpoint of every audit chain's head (to a file, the log and an optional webhook)
+    # after checking the rows added since the last one: deleting the newest audit rows, or all of
+    # them, is then caught by the next anchor or audit_verify. Rows written after the last anchor
+    # are the only ones whose removal can go unnoticed.
+    "audit-anchor": {
+        "task": "cockpit.tasks.maintenance_audit_anchor",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 240},
+    },
     # FinOps: team and agent forecasts to the end of the month, then the "projected to exceed"
     # budget alerts (each once per budget and period).
     "finops-forecasts-refresh": {

@@ -383,6 +383,24 @@ COCKPIT_BASE_URL = env_str("COCKPIT_BASE_URL", "http://127.0.0.1:8000") or "http
 COCKPIT_CALLBACK_SECRET = (
     env_str("COCKPIT_CALLBACK_SECRET") or hashlib.sha256(f"cockpit-callbacks:{SECRET_KEY}".encode()).hexdigest()
 )
+# The audit log's chains are keyed (HMAC) with this key, which is never stored in the database:
+# set it in production, apart from SECRET_KEY (the fallback derives it from SECRET_KEY, so that
+# changing SECRET_KEY would change it too). After a change, list the former key in
+# COCKPIT_AUDIT_OLD_KEYS so that the rows and anchors signed with it still verify.
+COCKPIT_AUDIT_KEY_DERIVED = not env_str("COCKPIT_AUDIT_KEY")  # `check --deploy` warns about it
+COCKPIT_AUDIT_KEY = env_str("COCKPIT_AUDIT_KEY") or hashlib.sha256(f"cockpit-audit:{SECRET_KEY}".encode()).hexdigest()
+if len(COCKPIT_AUDIT_KEY) < 32:
+    raise ImproperlyConfigured("COCKPIT_AUDIT_KEY must be at least 32 characters (use a long random string).")
+COCKPIT_AUDIT_OLD_KEYS = env_list("COCKPIT_AUDIT_OLD_KEYS", [])
+# Signed checkpoints of the audit chains' heads (see cockpit/audit_anchor.py): a JSON line per
+# checkpoint, in one file per day under this folder; optionally also POSTed to a webhook.
+COCKPIT_AUDIT_ANCHOR_DIR = Path(
+    env_str("COCKPIT_AUDIT_ANCHOR_DIR", str(VAR_DIR / "audit-anchors")) or VAR_DIR / "audit-anchors"
+).resolve()
+COCKPIT_AUDIT_ANCHOR_WEBHOOK = env_str("COCKPIT_AUDIT_ANCHOR_WEBHOOK", "") or ""
+if COCKPIT_AUDIT_ANCHOR_WEBHOOK and not COCKPIT_AUDIT_ANCHOR_WEBHOOK.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("COCKPIT_AUDIT_ANCHOR_WEBHOOK must be an http:// or https:// URL.")
+COCKPIT_AUDIT_ANCHOR_WEBHOOK_SECRET = env_str("COCKPIT_AUDIT_ANCHOR_WEBHOOK_SECRET", "") or ""
 # `make demo` sets COCKPIT_DEMO: demo agents then start runs on their own.
 COCKPIT_DEMO = env_bool("COCKPIT_DEMO", False)
 # Modules whose @agent and @tool functions are registered when the fleet app starts.

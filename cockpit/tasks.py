@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from cockpit import live
-from cockpit.audit import audit_verify_snapshot
+from cockpit.audit import audit_anchor, audit_verify_snapshot
 from cockpit.selectors import AUDIT_CACHE_KEY, PROBE_CACHE_KEY
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,20 @@ def maintenance_audit_verify(*, requested_by: str = "schedule") -> None:
         timeout=None,
     )
     live.publish({"type": "system.audit_verified", "intact": report.intact}, team_id=None)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def maintenance_audit_anchor() -> None:
+    """Check the audit rows appended since the last anchor, then write a new signed anchor
+    (file, log, webhook); a failed check is logged as an error and shown on the System page."""
+    report, _anchor = audit_anchor()
+    if not report.intact:
+        cache.set(
+            AUDIT_CACHE_KEY,
+            {"intact": False, "text": str(report), "at": timezone.now(), "requested_by": "anchor"},
+            timeout=None,
+        )
+        live.publish({"type": "system.audit_verified", "intact": False}, team_id=None)
 
 
 @shared_task(acks_late=True, ignore_result=True)

@@ -128,6 +128,7 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"COCKPIT_HTTPS", "COCKPIT_STATIC", "DEBUG"}} | {
         "DEBUG": "false",
         "SECRET_KEY": "p" * 20 + "-production-secret-that-is-long-and-random-9f8e7d6c5b4a",
+        "COCKPIT_AUDIT_KEY": "a" * 20 + "-audit-key-that-is-long-and-random-1a2b3c4d5e6f",
         "ALLOWED_HOSTS": "cockpit.example.com",
         "CSRF_TRUSTED_ORIGINS": "https://cockpit.example.com",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
@@ -171,3 +172,11 @@ def test_check_deploy_flags_missing_smtp(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "mail.E001" in result.stderr + result.stdout
+    # No COCKPIT_AUDIT_KEY either: the audit key would change with SECRET_KEY.
+    assert "cockpit.W001" in result.stderr + result.stdout
+
+
+def test_a_short_audit_key_stops_start_up() -> None:
+    result = _import_settings(DEBUG="true", COCKPIT_AUDIT_KEY="short")
+    assert result.returncode != 0
+    assert "COCKPIT_AUDIT_KEY must be at least 32 characters" in result.stderr
