@@ -238,12 +238,20 @@ def _on_idempotency_conflict(request: HttpRequest, exc: IdempotencyConflict) -> 
     return _error(request, 409, message, errors=[{"field": "idempotency_key", "message": message}])
 
 
-@api.exception_handler(RequestDataTooBig)
-def _on_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+def too_large(limit: int) -> dict[str, Any]:
+    """The 413 body, here and from the ASGI guard that refuses a large body before it is read."""
+    return {"detail": f"The body is larger than {limit:,} bytes.", "errors": []}
+
+
+def max_body_bytes() -> int:
     from django.conf import settings
 
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return _error(request, 413, f"The body is larger than {limit:,} bytes.", errors=[])
+    return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+
+
+@api.exception_handler(RequestDataTooBig)
+def _on_too_large(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return api.create_response(request, too_large(max_body_bytes()), status=413)
 
 
 @api.exception_handler(Http404)

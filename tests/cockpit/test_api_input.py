@@ -336,3 +336,22 @@ def test_a_reject_without_reason_is_422_naming_the_field(client, admin_user, app
     refused(response, "reason")
     approval.refresh_from_db()
     assert approval.status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_the_server_refuses_a_large_api_body_before_reading_it(key, declared) -> None:
+    from channels.testing import HttpCommunicator
+
+    from cockpit.asgi import application
+
+    body = b'{"agent": "crm-sync", "input_summary": "' + b"x" * 3_000_000 + b'"}'
+    headers = [(b"host", b"testserver"), (b"content-type", b"application/json")]
+    headers.append((b"authorization", f"Bearer {key}".encode()))
+    if declared:
+        headers.append((b"content-length", str(len(body)).encode()))
+    communicator = HttpCommunicator(application, "POST", "/api/v1/runs", body=body, headers=headers)
+    response = await communicator.get_response(timeout=10)
+    assert response["status"] == 413
+    assert json.loads(response["body"])["detail"] == "The body is larger than 2,621,440 bytes."
