@@ -337,17 +337,18 @@ def run_create(
     Returns ``(run, created)``; the same idempotency key returns the run created the first time
     (``IdempotencyConflict`` if it came with another request), concurrent duplicates included."""
     idempotency_key = idempotency_key.strip()[:200]
-    request = {
-        "agent": agent,
-        "input": input,
-        "input_summary": input_summary,
-        "external_ref": external_ref,
-        "managed": managed,
+    asked: dict[str, Any] = {
+        "agent_id": agent.pk,
+        "input": json_safe(input or {}),
+        "input_summary": input_summary[:2000],
+        "external_ref": external_ref[:200],
     }
+    if managed is not None:
+        asked["kind"] = RunKind.MANAGED if managed else RunKind.EXTERNAL
     if idempotency_key:
         existing = Run.objects.filter(team=agent.team, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return _replayed_run(existing, **request), False
+            return _replayed_run(existing, asked), False
     agent = Agent.objects.select_for_update(of=("self",)).select_related("current_version", "team").get(pk=agent.pk)
     if not agent.accepts_runs:
         raise ValidationError(
@@ -380,7 +381,7 @@ def run_create(
         existing = Run.objects.filter(team=agent.team, idempotency_key=idempotency_key).first()
         if not idempotency_key or existing is None:
             raise
-        return _replayed_run(existing, **request), False
+        return _replayed_run(existing, asked), False
     _event(run, RunEvent.Kind.STATUS, actor, "created", to_status=run.status)
     if not managed:
         # An external agent is already running when it registers.
@@ -393,24 +394,9 @@ def run_create(
     return run, True
 
 
-def _replayed_run(
-    existing: Run,
-    *,
-    agent: Agent,
-    input: dict[str, Any] | None,
-    input_summary: str,
-    external_ref: str,
-    managed: bool | None,
-) -> Run:
+def _replayed_run(existing: Run, asked: dict[str, Any]) -> Run:
     """The run an idempotency key created, when this is the same request again."""
-    same = (
-        existing.agent_id == agent.pk
-        and existing.input == json_safe(input or {})
-        and existing.input_summary == input_summary[:2000]
-        and existing.external_ref == external_ref[:200]
-        and (managed is None or managed == (existing.kind == RunKind.MANAGED))
-    )
-    if not same:
+    if {name: getattr(existing, name) for name in asked} != asked:
         raise IdempotencyConflict(
             f"This Idempotency-Key was used for a different request (run {existing.pk}); send a new key for a new run."
         )
