@@ -21,7 +21,7 @@ from approvals import cedar
 from approvals.models import ApprovalRequest, ApprovalStatus
 from approvals.services import AlreadyDecided, PolicyRefusal, approval_decide, approval_request_create, judge
 from cockpit import access, live
-from cockpit.api import api, key_or_session, session_auth
+from cockpit.api import Id, Input, api, idempotency_key, key_or_session, session_auth
 from cockpit.audit import Actor
 from cockpit.models import ApiKey, Scope
 from cockpit.roles import TeamPerm
@@ -32,7 +32,7 @@ MAX_WAIT_SECONDS = 30
 POLICY = "policy"
 
 
-class ApprovalIn(Schema):
+class ApprovalIn(Input):
     agent: str = Field(description="the agent's slug (an agent of the API key's team)")
     action: str = Field(max_length=160, description="what it wants to do: a tool name, e.g. payments.refund")
     arguments: dict[str, Any] = Field(default_factory=dict, description="exactly as they would execute")
@@ -94,7 +94,7 @@ class ApprovalPageOut(Schema):
     next_before: int | None
 
 
-class DecisionIn(Schema):
+class DecisionIn(Input):
     decision: Literal["approve", "reject"]
     reason: str = Field("", max_length=4000, description="required to reject")
     edited_arguments: dict[str, Any] | None = Field(None, description="approve with these arguments instead")
@@ -133,11 +133,7 @@ def approval_create(request: HttpRequest, payload: ApprovalIn) -> Status:
     if len(matches) > 1:
         raise ValidationError({"team": f"Several of your teams have an agent {payload.agent!r}: say which team."})
     agent = matches[0]
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if key:
-        existing = ApprovalRequest.objects.filter(team=agent.team, idempotency_key=key).first()
-        if existing is not None:
-            return Status(200, existing)
+    key = idempotency_key(request)
     tool = Tool.objects.filter(name=payload.action).first()
     risk, side_effect = (tool.risk, tool.side_effect) if tool else (payload.risk, payload.side_effect)
     context = cedar.context_for(args=payload.arguments, confidence=payload.confidence, extra=payload.context, sample=0)
@@ -153,7 +149,7 @@ def approval_create(request: HttpRequest, payload: ApprovalIn) -> Status:
         if verdict.unattended and not manual
         else ApprovalStatus.PENDING
     )
-    created, _ = approval_request_create(
+    asked, created = approval_request_create(
         actor=Actor.from_request(request),
         agent=agent,
         action=payload.action,
@@ -180,13 +176,13 @@ def approval_create(request: HttpRequest, payload: ApprovalIn) -> Status:
         status=status,
         decided_by_label=POLICY if status != ApprovalStatus.PENDING else "",
     )
-    return Status(201, created)
+    return Status(201 if created else 200, asked)
 
 
-class ApprovalFilter(Schema):
+class ApprovalFilter(Input):
     status: ApprovalStatus | None = None
     agent: str | None = None
-    before: int | None = None
+    before: Id | None = None
     limit: int = Field(50, ge=1, le=200)
 
 
@@ -215,7 +211,7 @@ def approval_list(request: HttpRequest, filters: Query[ApprovalFilter]) -> dict[
     summary="One request (long-poll for a change with ?wait=seconds)",
 )
 async def approval_detail(
-    request: HttpRequest, approval_id: int, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
+    request: HttpRequest, approval_id: Id, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
 ) -> ApprovalRequest:
     """With ``wait``, a pending request is held until it changes — decided, escalated to the next
     level, expired or withdrawn — or ``wait`` seconds pass, holding no database connection
@@ -237,7 +233,7 @@ async def approval_detail(
     auth=session_auth,
     summary="Decide: approve (optionally with edited arguments) or reject (with a reason)",
 )
-def approval_decision(request: HttpRequest, approval_id: int, payload: DecisionIn) -> ApprovalRequest | HttpResponse:
+def approval_decision(request: HttpRequest, approval_id: Id, payload: DecisionIn) -> ApprovalRequest | HttpResponse:
     """403: not yours to decide; 409: already decided; 422: refused as asked (no reason for a
     rejection, edited arguments the tool or policy refuses, a manual request without its result),
     and nothing changed: the request stays pending and decidable."""

@@ -18,7 +18,7 @@ import jsonschema
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
@@ -44,6 +44,7 @@ from approvals.models import (
 from cockpit import live
 from cockpit.audit import Actor, audit_record, audit_record_many
 from cockpit.lib.actionhash import action_hash
+from cockpit.lib.validation import IdempotencyConflict
 from cockpit.models import ActorType, Team
 from fleet.models import Agent, AlreadyDecided, Run, Tool
 
@@ -400,12 +401,27 @@ def approval_request_create(
     ``status``). Returns ``(request, created)``: an idempotency key seen before returns the
     request created the first time. ``level`` is the level policy asks for (``@level``): the
     request starts there (or at the escalation policy's last level). ``manual``: a tier-4
-    agent's proposal, which the approver carries out."""
+    agent's proposal, which the approver carries out. ``IdempotencyConflict`` if the key came
+    with another request before, concurrent duplicates included."""
     team = agent.team
+    idempotency_key = idempotency_key[:200]
+    asked = {
+        "agent_id": agent.pk,
+        "run_id": run.pk if run else None,
+        "kind": kind,
+        "action": action[:160],
+        "arguments": json_safe(arguments),
+        "reasoning": reasoning[:8000],
+        "confidence": confidence,
+        "risk": risk,
+        "external_ref": external_ref[:200],
+        "callback_url": callback_url,
+        "context": json_safe((policy_decision or {}).get("context")),
+    }
     if idempotency_key:
         existing = ApprovalRequest.objects.filter(team=team, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing, False
+            return _replayed_request(existing, asked), False
     if confidence is not None and not 0 <= confidence <= 1:
         raise ValidationError({"confidence": "Confidence is between 0 and 1."})
     if not isinstance(arguments, dict):
@@ -416,34 +432,41 @@ def approval_request_create(
     first = next((lv for lv in levels if lv.level == level), None)
     now = timezone.now()
     arguments = json_safe(arguments)
-    request = ApprovalRequest.objects.create(
-        kind=kind,
-        team=team,
-        agent=agent,
-        run=run,
-        step_seq=step_seq,
-        external_ref=external_ref[:200],
-        action=action[:160],
-        arguments=arguments,
-        reasoning=reasoning[:8000],
-        reasoning_step=reasoning_step,
-        confidence=confidence,
-        risk=risk,
-        policy=policy,
-        policy_decision=json_safe(policy_decision or {}),
-        status=status,
-        escalation_policy=escalation,
-        level=level,
-        deadline=now + timedelta(seconds=first.sla_seconds if first else DEFAULT_SLA_SECONDS),
-        requested_by_label=actor.label,
-        run_started_by=run.created_by if run else None,
-        idempotency_key=idempotency_key[:200],
-        callback_url=callback_url,
-        decided_by_label=decided_by_label,
-        decided_at=now if status != ApprovalStatus.PENDING else None,
-        action_hash=action_hash(action[:160], arguments) if status == ApprovalStatus.APPROVED else "",
-        manual=manual,
-    )
+    try:
+        with transaction.atomic():  # a concurrent duplicate fails here, not the whole request
+            request = ApprovalRequest.objects.create(
+                kind=kind,
+                team=team,
+                agent=agent,
+                run=run,
+                step_seq=step_seq,
+                external_ref=external_ref[:200],
+                action=action[:160],
+                arguments=arguments,
+                reasoning=reasoning[:8000],
+                reasoning_step=reasoning_step,
+                confidence=confidence,
+                risk=risk,
+                policy=policy,
+                policy_decision=json_safe(policy_decision or {}),
+                status=status,
+                escalation_policy=escalation,
+                level=level,
+                deadline=now + timedelta(seconds=first.sla_seconds if first else DEFAULT_SLA_SECONDS),
+                requested_by_label=actor.label,
+                run_started_by=run.created_by if run else None,
+                idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                decided_by_label=decided_by_label,
+                decided_at=now if status != ApprovalStatus.PENDING else None,
+                action_hash=action_hash(action[:160], arguments) if status == ApprovalStatus.APPROVED else "",
+                manual=manual,
+            )
+    except IntegrityError:
+        existing = ApprovalRequest.objects.filter(team=team, idempotency_key=idempotency_key).first()
+        if not idempotency_key or existing is None:
+            raise
+        return _replayed_request(existing, asked), False
     ApprovalEvent.objects.create(
         request=request,
         kind=ApprovalEvent.Kind.CREATED,
@@ -466,6 +489,18 @@ def approval_request_create(
         _callback(request)
     publish(request, "approval.created")
     return request, True
+
+
+def _replayed_request(existing: ApprovalRequest, asked: dict[str, Any]) -> ApprovalRequest:
+    """The request an idempotency key created, when this is the same question again."""
+    first = {name: getattr(existing, name) for name in asked if name != "context"}
+    first["context"] = (existing.policy_decision or {}).get("context")
+    if first != asked:
+        raise IdempotencyConflict(
+            f"This Idempotency-Key was used for a different request (approval {existing.pk}); "
+            "send a new key for a new question."
+        )
+    return existing
 
 
 def _recipients(request: ApprovalRequest, level: EscalationLevel | None) -> list[str]:
@@ -899,7 +934,6 @@ def _escalate_many(requests: list[ApprovalRequest], following: EscalationLevel, 
 def _expire_many(requests: list[ApprovalRequest], now: datetime) -> list[dict[str, Any]]:
     """Silence is never approval: past the last level's deadline the action is rejected (or the
     run cancelled, if the escalation policy says so). Returns the audit records to write."""
-    from fleet import services as fleet_services
 
     events, audits = [], []
     by_reason: dict[str, list[int]] = {}

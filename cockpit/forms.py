@@ -6,6 +6,7 @@ from typing import Any, cast
 from django import forms
 from django.core.exceptions import ValidationError
 
+from cockpit.lib.validation import offset_problem
 from cockpit.models import Scope, Team
 from cockpit.roles import Role
 
@@ -36,14 +37,25 @@ def submit[T](
         return None
 
 
+class FilterDateTimeField(forms.DateTimeField):
+    """A list filter's "from"/"to": what the browser's picker sends, or an ISO 8601 time with
+    an offset PostgreSQL accepts (a larger one is a form error, not a database error)."""
+
+    def to_python(self, value: Any) -> Any:
+        moment = super().to_python(value)
+        if moment is not None and (problem := offset_problem(moment)):
+            raise ValidationError(f"This time {problem}.", code="offset")
+        return moment
+
+
 class AuditFilterForm(forms.Form):
     team = forms.ModelChoiceField(
         queryset=Team.objects.none(), required=False, empty_label="All teams", to_field_name="slug"
     )
     action = forms.ChoiceField(required=False)
     actor = forms.CharField(required=False, max_length=100)
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    since = FilterDateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = FilterDateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, teams: Any, actions: list[str], **kwargs: Any) -> None:

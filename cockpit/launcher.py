@@ -360,9 +360,7 @@ def _test_env() -> dict[str, str]:
     return env
 
 
-def _with_services(
-    env: dict[str, str], pgdata: Path, valkey_dir: Path, command: list[str], *, durable: bool
-) -> int:
+def _with_services(env: dict[str, str], pgdata: Path, valkey_dir: Path, command: list[str], *, durable: bool) -> int:
     """Run ``command`` with an embedded PostgreSQL (cluster ``pgdata``; without fsync unless
     ``durable``) where DATABASE_URL is unset and an embedded Valkey (in ``valkey_dir``) where
     REDIS_URL is unset."""

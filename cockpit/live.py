@@ -30,6 +30,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
+from cockpit.lib.validation import is_id
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser, User
 
@@ -56,6 +58,17 @@ def register_topic(kind: str, check: TopicCheck) -> None:
     _topic_checks[kind] = check
 
 
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` is not the name of a topic (``org`` or ``<kind>.<id>`` of a registered
+    kind), or ``None``. A well-named topic may still be refused by ``can_subscribe``."""
+    if topic == ORG_TOPIC:
+        return None
+    kind, _, ident = topic.partition(".")
+    if kind not in _topic_checks or not is_id(ident):
+        return f"{topic[:100]!r} is not a topic: topics are 'org' or <kind>.<id>, e.g. 'team.3'."
+    return None
+
+
 def can_subscribe(user: User | AnonymousUser, topic: str) -> bool:
     """The one permission gate between a browser and a group (runs in ``connect``/subscribe)."""
     from cockpit import access
@@ -64,11 +77,10 @@ def can_subscribe(user: User | AnonymousUser, topic: str) -> bool:
         return False
     if topic == ORG_TOPIC:
         return access.for_user(user).is_org_wide
-    kind, _, ident = topic.partition(".")
-    check = _topic_checks.get(kind)
-    if check is None or not ident or len(topic) > 90:
+    if topic_problem(topic) is not None:
         return False
-    return check(user, ident)
+    kind, _, ident = topic.partition(".")
+    return _topic_checks[kind](user, ident)
 
 
 def publish(

@@ -60,6 +60,9 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 for _origin in CSRF_TRUSTED_ORIGINS:
     if not _origin.startswith(("http://", "https://")):
         raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS entries need a scheme (https://host), got {_origin!r}.")
+# The largest request body read (REST API bodies, forms): the API answers 413 above it, and the
+# ASGI guard refuses a larger API body before it is read. OTLP has limits of its own (below).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("COCKPIT_MAX_BODY_BYTES", 2_621_440, minimum=64 * 1024)
 
 INSTALLED_APPS = [
     "daphne",  # first, so `runserver` is the ASGI one

@@ -104,9 +104,10 @@ def audit_log(request: HtmxHttpRequest) -> HttpResponse:
         query["before"] = events[-1].pk
         older = query.urlencode()
     context = {"form": form, "events": events, "older": older, "first_page": not data.get("before")}
+    status = 200 if form.is_valid() else 400
     if request.htmx:
-        return render(request, "cockpit/audit.html#rows", context)
-    return render(request, "cockpit/audit.html", context)
+        return render(request, "cockpit/audit.html#rows", context, status=status)
+    return render(request, "cockpit/audit.html", context, status=status)
 
 
 # --- Settings: API keys -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from django.http import Http404, HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 
 from cockpit import access, live
-from cockpit.api import key_or_session, session_auth
+from cockpit.api import Count, Id, Input, Money, Seconds, Timestamp, idempotency_key, key_or_session, session_auth
 from cockpit.audit import Actor
 from cockpit.models import ApiKey, Scope
 from cockpit.roles import TeamPerm
@@ -38,7 +38,7 @@ MAX_WAIT_SECONDS = 30
 # --- Schemas ----------------------------------------------------------------------------------
 
 
-class RunCreateIn(Schema):
+class RunCreateIn(Input):
     agent: str = Field(description="the agent's slug, in the API key's team")
     managed: bool = Field(False, description="true: Cockpit runs the agent; false: it runs elsewhere and reports")
     input: dict[str, Any] = Field(default_factory=dict, description="managed runs: the agent function's arguments")
@@ -127,7 +127,7 @@ class DirectiveOut(Schema):
     overrides: dict[str, Any] = Field(description="operator overrides to apply from the next step")
 
 
-class ReportIn(Schema):
+class ReportIn(Input):
     type: Literal["step", "status"]
     kind: str = Field("tool", description="step: llm, tool, approval, decision or checkpoint")
     name: str = Field("", max_length=160)
@@ -136,10 +136,10 @@ class ReportIn(Schema):
         description="step: started, succeeded or failed; status: succeeded, failed or cancelled",
     )
     model: str = ""
-    tokens_in: int = Field(0, ge=0)
-    tokens_out: int = Field(0, ge=0)
-    cost: Decimal | None = Field(None, ge=0)
-    duration_seconds: float = Field(0, ge=0)
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    cost: Money | None = None
+    duration_seconds: Seconds = 0
     input: dict[str, Any] | None = None
     output: Any = None
     error: str = ""
@@ -154,11 +154,11 @@ class ReportIn(Schema):
     )
 
 
-class ReasonIn(Schema):
+class ReasonIn(Input):
     reason: str = ""
 
 
-class OverrideIn(Schema):
+class OverrideIn(Input):
     changes: dict[str, Any] = Field(description="any of: model, temperature, max_steps, budget, input (null removes)")
     reason: str = ""
 
@@ -234,7 +234,7 @@ def run_create(request: HttpRequest, payload: RunCreateIn) -> Status:
         from django.core.exceptions import ValidationError
 
         raise ValidationError({"team": f"Several of your teams have an agent {payload.agent!r}: say which team."})
-    key = payload.idempotency_key or request.headers.get("Idempotency-Key", "")
+    key = idempotency_key(request, payload.idempotency_key)
     run, created = services.run_create(
         actor=Actor.from_request(request),
         agent=matches[0],
@@ -247,12 +247,12 @@ def run_create(request: HttpRequest, payload: RunCreateIn) -> Status:
     return Status(201 if created else 200, run)
 
 
-class RunFilter(Schema):
+class RunFilter(Input):
     agent: str | None = None
     status: RunStatus | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    before: int | None = Field(None, description="runs older than this id")
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    before: Id | None = Field(None, description="runs older than this id")
     limit: int = Field(50, ge=1, le=200)
 
 
@@ -279,7 +279,7 @@ def run_list(request: HttpRequest, filters: Query[RunFilter]) -> dict[str, Any]:
     auth=key_or_session(Scope.READ),
     summary="One run and its steps",
 )
-def run_detail(request: HttpRequest, run_id: int) -> Run:
+def run_detail(request: HttpRequest, run_id: Id) -> Run:
     return _run_for(request.auth, run_id)  # type: ignore[attr-defined]
 
 
@@ -290,7 +290,7 @@ def run_detail(request: HttpRequest, run_id: int) -> Run:
     summary="What the agent should do next (long-poll with ?wait=seconds)",
 )
 async def run_directive(
-    request: HttpRequest, run_id: int, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
+    request: HttpRequest, run_id: Id, wait: int = Query(0, ge=0, le=MAX_WAIT_SECONDS)
 ) -> dict[str, Any]:
     """Returns at once when ``wait`` is 0 or the directive is not ``continue``; otherwise holds
     the request until the directive changes (pause, cancel, an override) or ``wait`` seconds pass."""
@@ -316,7 +316,7 @@ class RefusedOut(Schema):
     auth=key_or_session(Scope.RUNS),
     summary="Report a step, or how the run ended (external runs)",
 )
-def run_events(request: HttpRequest, run_id: int, report: ReportIn) -> Status:
+def run_events(request: HttpRequest, run_id: Id, report: ReportIn) -> Status:
     run = _run_for(request.auth, run_id, TeamPerm.OPERATE)  # type: ignore[attr-defined]
     run = services.run_report(actor=Actor.from_request(request), run=run, report=report.dict(exclude_none=True))
     refused = getattr(run, "refused", "")
@@ -327,13 +327,13 @@ def run_events(request: HttpRequest, run_id: int, report: ReportIn) -> Status:
 
 
 @router.post("/runs/{run_id}/pause", response=RunOut, auth=session_auth, summary="Pause at the next step")
-def run_pause(request: HttpRequest, run_id: int, payload: ReasonIn) -> Run:
+def run_pause(request: HttpRequest, run_id: Id, payload: ReasonIn) -> Run:
     run = _run_for(request.user, run_id, TeamPerm.OPERATE)
     return services.run_pause(actor=Actor.from_request(request), run=run, reason=payload.reason)
 
 
 @router.post("/runs/{run_id}/resume", response=RunOut, auth=session_auth, summary="Resume a paused run")
-def run_resume(request: HttpRequest, run_id: int, payload: ReasonIn) -> Run:
+def run_resume(request: HttpRequest, run_id: Id, payload: ReasonIn) -> Run:
     run = _run_for(request.user, run_id, TeamPerm.OPERATE)
     return services.run_resume(actor=Actor.from_request(request), run=run, reason=payload.reason)
 
@@ -344,7 +344,7 @@ def run_resume(request: HttpRequest, run_id: int, payload: ReasonIn) -> Run:
     auth=session_auth,
     summary="Cancel (a reason is required)",
 )
-def run_cancel(request: HttpRequest, run_id: int, payload: ReasonIn) -> Run:
+def run_cancel(request: HttpRequest, run_id: Id, payload: ReasonIn) -> Run:
     run = _run_for(request.user, run_id, TeamPerm.OPERATE)
     return services.run_cancel(actor=Actor.from_request(request), run=run, reason=payload.reason)
 
@@ -355,7 +355,7 @@ def run_cancel(request: HttpRequest, run_id: int, payload: ReasonIn) -> Run:
     auth=session_auth,
     summary="Override model, temperature, max steps, budget or input of a paused run",
 )
-def run_override(request: HttpRequest, run_id: int, payload: OverrideIn) -> Run:
+def run_override(request: HttpRequest, run_id: Id, payload: OverrideIn) -> Run:
     run = _run_for(request.user, run_id, TeamPerm.OPERATE)
     return services.run_override(
         actor=Actor.from_request(request), run=run, changes=payload.changes, reason=payload.reason

@@ -10,6 +10,7 @@ from typing import Any, cast
 from django import forms
 from django.db.models import QuerySet
 
+from cockpit.forms import FilterDateTimeField
 from cockpit.models import Team
 from fleet.models import (
     ACTIVE_RUN_STATUSES,
@@ -47,8 +48,8 @@ class RunFilterForm(forms.Form):
         choices=[("", "Any status"), (ANY_ACTIVE, "Active (not ended)"), *RunStatus.choices],
     )
     kind = forms.ChoiceField(required=False, choices=[("", "Any kind"), *RunKind.choices])
-    since = forms.DateTimeField(required=False, label="From", widget=_local_datetime())
-    until = forms.DateTimeField(required=False, label="To", widget=_local_datetime())
+    since = FilterDateTimeField(required=False, label="From", widget=_local_datetime())
+    until = FilterDateTimeField(required=False, label="To", widget=_local_datetime())
     after = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, teams: QuerySet[Team], agents: QuerySet[Agent], **kwargs: Any) -> None:

@@ -406,6 +406,13 @@ class Run(models.Model):
         return self.status in FINAL_RUN_STATUSES
 
     @property
+    def step_limit(self) -> int | None:
+        """The most steps it may take: an operator's override, else its version's (an external
+        run has no version, and no limit)."""
+        override = (self.overrides or {}).get("max_steps")
+        return override or (self.version.max_steps if self.version_id and self.version else None)
+
+    @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_RUN_STATUSES
 

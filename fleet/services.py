@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from cockpit import live
 from cockpit.audit import Actor, audit_record, snapshot
 from cockpit.lib.actionhash import action_hash as compute_action_hash
+from cockpit.lib.validation import IdempotencyConflict
 from cockpit.models import ActorType, Team
 from fleet.models import (
     Agent,
@@ -360,12 +361,21 @@ def run_create(
     managed: bool | None = None,
 ) -> tuple[Run, bool]:
     """Start a run (managed: queued for a worker) or register one running elsewhere (external).
-    Returns ``(run, created)``; the same idempotency key returns the run created the first time."""
+    Returns ``(run, created)``; the same idempotency key returns the run created the first time
+    (``IdempotencyConflict`` if it came with another request), concurrent duplicates included."""
     idempotency_key = idempotency_key.strip()[:200]
+    asked: dict[str, Any] = {
+        "agent_id": agent.pk,
+        "input": json_safe(input or {}),
+        "input_summary": input_summary[:2000],
+        "external_ref": external_ref[:200],
+    }
+    if managed is not None:
+        asked["kind"] = RunKind.MANAGED if managed else RunKind.EXTERNAL
     if idempotency_key:
         existing = Run.objects.filter(team=agent.team, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing, False
+            return _replayed_run(existing, asked), False
     agent = Agent.objects.select_for_update(of=("self",)).select_related("current_version", "team").get(pk=agent.pk)
     if not agent.accepts_runs:
         raise ValidationError(
@@ -379,19 +389,26 @@ def run_create(
         raise ValidationError(f"{agent.name} has no published version to run.")
     if input is not None and not isinstance(input, dict):
         raise ValidationError({"input": "The input is a JSON object."})
-    run = Run.objects.create(
-        team=agent.team,
-        agent=agent,
-        version=agent.current_version,
-        kind=RunKind.MANAGED if managed else RunKind.EXTERNAL,
-        status=RunStatus.QUEUED,
-        input=json_safe(input or {}),
-        input_summary=input_summary[:2000],
-        idempotency_key=idempotency_key,
-        external_ref=external_ref[:200],
-        created_by=actor.user_or_none,
-        created_by_label=actor.label,
-    )
+    try:
+        with transaction.atomic():  # a concurrent duplicate fails here, not the whole request
+            run = Run.objects.create(
+                team=agent.team,
+                agent=agent,
+                version=agent.current_version,
+                kind=RunKind.MANAGED if managed else RunKind.EXTERNAL,
+                status=RunStatus.QUEUED,
+                input=json_safe(input or {}),
+                input_summary=input_summary[:2000],
+                idempotency_key=idempotency_key,
+                external_ref=external_ref[:200],
+                created_by=actor.user_or_none,
+                created_by_label=actor.label,
+            )
+    except IntegrityError:
+        existing = Run.objects.filter(team=agent.team, idempotency_key=idempotency_key).first()
+        if not idempotency_key or existing is None:
+            raise
+        return _replayed_run(existing, asked), False
     _event(run, RunEvent.Kind.STATUS, actor, "created", to_status=run.status)
     if not managed:
         # An external agent is already running when it registers.
@@ -402,6 +419,15 @@ def run_create(
     if managed:
         _enqueue(run)
     return run, True
+
+
+def _replayed_run(existing: Run, asked: dict[str, Any]) -> Run:
+    """The run an idempotency key created, when this is the same request again."""
+    if {name: getattr(existing, name) for name in asked} != asked:
+        raise IdempotencyConflict(
+            f"This Idempotency-Key was used for a different request (run {existing.pk}); send a new key for a new run."
+        )
+    return existing
 
 
 def _enqueue(run: Run) -> None:

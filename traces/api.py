@@ -20,7 +20,7 @@ from ninja import Field, Query, Router, Schema
 from ninja.errors import ValidationError as NinjaValidationError
 from pydantic import BaseModel
 
-from cockpit.api import key_or_session
+from cockpit.api import Input, Text, Timestamp, key_or_session
 from cockpit.models import Scope
 from traces import selectors
 from traces.models import SpanKind, StatusCode, Trace
@@ -132,12 +132,12 @@ class TraceDetailOut(TraceOut):
     spans: list[SpanOut] = Field(description="every span, in start order")
 
 
-class TraceFilter(Schema):
+class TraceFilter(Input):
     agent: str | None = Field(None, description="a fleet agent's slug, or the agent id or name the spans carry")
     status: Literal["open", "ok", "error"] | None = None
     team: str | None = Field(None, description="team slug (signed-in users in several teams)")
-    since: datetime | None = Field(None, description="traces started at or after this time")
-    until: datetime | None = Field(None, description="traces started before this time")
+    since: Timestamp | None = Field(None, description="traces started at or after this time")
+    until: Timestamp | None = Field(None, description="traces started before this time")
     cursor: str | None = Field(None, description="next_cursor of the previous page")
     limit: int = Field(50, ge=1, le=200)
 
@@ -189,7 +189,7 @@ def trace_list(request: HttpRequest, filters: Query[TraceFilter]) -> dict[str, A
         "same one, the answer is 422 and `?team=` says which."
     ),
 )
-def trace_detail(request: HttpRequest, trace_id: str, team: str | None = Query(None)) -> Trace:
+def trace_detail(request: HttpRequest, trace_id: Text, team: Text | None = None) -> Trace:
     trace_id = trace_id.lower()
     if not selectors.TRACE_ID.match(trace_id):
         raise NinjaValidationError([{"loc": ("path", "trace_id"), "msg": "A trace id is 32 hexadecimal digits."}])

@@ -28,6 +28,7 @@ MAX_ARRAY = 256
 MAX_DEPTH = 8
 NAME_CHARS = 300
 TRUNCATED = "…[cut: {} more characters]"
+REPLACED = "a NUL character or lone surrogate was replaced with U+FFFD"
 RESOURCE_MEANING_PREFIXES = ("gen_ai.", "agent.", "session.")
 
 
@@ -44,6 +45,10 @@ class Batch:
 
     def reject(self, problem: str) -> None:
         self.rejected += 1
+        self.note(problem)
+
+    def note(self, problem: str) -> None:
+        """Something changed in a span that is stored all the same (it is not rejected)."""
         self.problems[problem] = self.problems.get(problem, 0) + 1
 
     @property
@@ -54,16 +59,18 @@ class Batch:
 class _Cutter:
     """Converts OTLP values to JSON-ready Python, cutting what exceeds the limits."""
 
-    __slots__ = ("chars", "cut")
+    __slots__ = ("chars", "cut", "replaced")
 
     def __init__(self, limits: Limits) -> None:
         self.chars = limits.value_chars
         self.cut = False
+        self.replaced = False
 
     def text(self, value: str, limit: int | None = None) -> str:
         limit = limit or self.chars
-        if "\x00" in value:  # PostgreSQL text and jsonb cannot hold NUL
+        if "\x00" in value:  # PostgreSQL text and jsonb cannot hold NUL (nor lone surrogates: see otlp)
             value = value.replace("\x00", "\ufffd")
+            self.replaced = True
         if len(value) > limit:
             self.cut = True
             return value[:limit] + TRUNCATED.format(len(value) - limit)
@@ -132,10 +139,12 @@ def rows_from(request: ExportTraceServiceRequest, *, limits: Limits, received_at
         service_name = str(resource.get("service.name", ""))[:200]
         resource_meaning = {k: v for k, v in resource.items() if k.startswith(RESOURCE_MEANING_PREFIXES)}
         for scope_spans in resource_spans.scope_spans:
-            scope_name = scope_spans.scope.name[:200]
+            scope_name = resource_cutter.text(scope_spans.scope.name[:200], 200)
             for span in scope_spans.spans:
                 row = _row(span, limits, resource, resource_meaning, service_name, scope_name, batch)
                 if row is not None:
+                    if row.pop("replaced") or resource_cutter.replaced:
+                        batch.note(REPLACED)
                     row["received_at"] = received_at
                     row["truncated"] = row["truncated"] or resource_cutter.cut
                     batch.rows.append(row)
@@ -238,4 +247,5 @@ def _row(
         "links": links,
         "resource": resource,
         "truncated": cutter.cut,
+        "replaced": cutter.replaced,  # popped by rows_from
     }

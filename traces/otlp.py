@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,8 @@ def parse(data: bytes, kind: str) -> ExportTraceServiceRequest:
         raise OtlpError(400, f"The body is not JSON: {exc}.") from exc
     if not isinstance(document, dict):
         raise OtlpError(400, "The body must be a JSON object with resourceSpans.")
+    if _SURROGATE_ESCAPE.search(data):
+        document = _without_lone_surrogates(document)
     try:
         for resource_spans in document.get("resourceSpans") or document.get("resource_spans") or []:
             for scope_spans in resource_spans.get("scopeSpans") or resource_spans.get("scope_spans") or []:
@@ -114,6 +117,29 @@ def parse(data: bytes, kind: str) -> ExportTraceServiceRequest:
     except (json_format.ParseError, AttributeError, TypeError, ValueError, RecursionError) as exc:
         raise OtlpError(400, f"The body is not an OTLP ExportTraceServiceRequest: {exc}.") from exc
     return request
+
+
+# A lone surrogate can only arrive as a JSON escape (raw UTF-8 cannot encode one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """A JSON string may hold a lone surrogate (``"\\ud800"``), which protobuf strings cannot.
+    It becomes a NUL character here, which normalisation then replaces with U+FFFD and counts,
+    like a NUL sent as such: the span is stored, not refused."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "".join("\x00" if "\ud800" <= c <= "\udfff" else c for c in value)
+        return value
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def success(kind: str, rejected: int = 0, message: str = "") -> bytes:

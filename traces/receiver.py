@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError
@@ -109,24 +110,43 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
     return _reply(kind, 200, otlp.success(kind, result.rejected, result.message))
 
 
-class BodyLimit:
-    """ASGI middleware: refuses an OTLP body over the size limit before it is read into memory
-    or spooled to disk — by its Content-Length, or (chunked) as soon as it grows past the limit."""
+def _otlp_too_large(headers: dict[bytes, bytes], limit: int) -> tuple[str, bytes]:
+    kind = otlp.JSON if headers.get(b"content-type", b"").startswith(otlp.JSON.encode()) else otlp.PROTOBUF
+    return kind, otlp.failure(kind, 413, f"The body is larger than {limit:,} bytes.")
 
-    def __init__(self, app, path: str = "/v1/traces") -> None:  # noqa: ANN001
+
+class BodyLimit:
+    """ASGI middleware: refuses a body over the size limit before it is read into memory or
+    spooled to disk — by its Content-Length, or (chunked) as soon as it grows past the limit.
+    By default for OTLP; ``prefix``, ``limit`` and ``reply`` (content type and body of the 413)
+    guard other paths (the REST API: ``cockpit/asgi.py``)."""
+
+    def __init__(  # noqa: ANN001
+        self,
+        app,
+        path: str = "/v1/traces",
+        *,
+        prefix: bool = False,
+        limit: Callable[[], int] = lambda: int(settings.COCKPIT["OTLP_MAX_BODY_BYTES"]),
+        reply: Callable[[dict[bytes, bytes], int], tuple[str, bytes]] = _otlp_too_large,
+    ) -> None:
         self.app = app
         self.path = path
+        self.prefix = prefix
+        self.limit = limit
+        self.reply = reply
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] != "http" or scope["path"] != self.path:
+        path = scope.get("path", "")
+        guarded = path.startswith(self.path) if self.prefix else path == self.path
+        if scope["type"] != "http" or not guarded:
             await self.app(scope, receive, send)
             return
-        limit = int(settings.COCKPIT["OTLP_MAX_BODY_BYTES"])
+        limit = self.limit()
         headers = dict(scope.get("headers") or [])
-        kind = otlp.JSON if headers.get(b"content-type", b"").startswith(otlp.JSON.encode()) else otlp.PROTOBUF
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await self._too_large(send, kind, limit)
+            await self._too_large(send, *self.reply(headers, limit))
             return
         received = 0
         exceeded = False
@@ -149,11 +169,10 @@ class BodyLimit:
 
         await self.app(scope, limited_receive, tracking_send)
         if exceeded and not started:
-            await self._too_large(send, kind, limit)
+            await self._too_large(send, *self.reply(headers, limit))
 
     @staticmethod
-    async def _too_large(send, kind: str, limit: int) -> None:  # noqa: ANN001
-        body = otlp.failure(kind, 413, f"The body is larger than {limit:,} bytes.")
+    async def _too_large(send, kind: str, body: bytes) -> None:  # noqa: ANN001
         await send(
             {
                 "type": "http.response.start",

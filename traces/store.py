@@ -22,6 +22,7 @@ from django.db.models import Field, Q
 from django.utils.text import slugify
 
 from cockpit import bulk, live
+from cockpit.lib.validation import is_id
 from cockpit.models import Team
 from traces import signals
 from traces.models import DiscoveredAgent, Span, StatusCode, Trace, TraceStatus
@@ -119,12 +120,12 @@ class _Links:
         for row in rows:
             trace_ids.add(row["trace_id"])
             run_attr = row["attributes"].get("cockpit.run_id")
-            if isinstance(run_attr, int) or (isinstance(run_attr, str) and run_attr.isdigit()):
+            if is_id(str(run_attr)):
                 run_pks.add(int(run_attr))
             conversation = row["conversation_id"]
             if conversation:
                 refs.add(conversation)
-                if conversation.isdigit() and len(conversation) < 18:
+                if is_id(conversation):
                     run_pks.add(int(conversation))
         self.runs: dict[int, int] = {}  # run pk -> agent pk
         self.run_by_trace: dict[str, int] = {}
@@ -156,7 +157,7 @@ class _Links:
 
     def run_for(self, row: dict[str, Any]) -> int | None:
         run_attr = row["attributes"].get("cockpit.run_id")
-        if run_attr is not None and str(run_attr).isdigit() and int(run_attr) in self.runs:
+        if is_id(str(run_attr)) and int(run_attr) in self.runs:
             return int(run_attr)
         found = self.run_by_trace.get(row["trace_id"])
         if found is not None:
@@ -165,7 +166,7 @@ class _Links:
         if conversation:
             if conversation in self.run_by_ref:
                 return self.run_by_ref[conversation]
-            if conversation.isdigit() and len(conversation) < 18 and int(conversation) in self.runs:
+            if is_id(conversation) and int(conversation) in self.runs:
                 return int(conversation)
         return None
 

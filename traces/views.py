@@ -21,6 +21,8 @@ from django.views.decorators.http import require_GET
 
 from cockpit import access
 from cockpit import selectors as cockpit_selectors
+from cockpit.forms import FilterDateTimeField
+from cockpit.lib.validation import is_id
 from cockpit.models import Team
 from fleet import selectors as fleet_selectors
 from fleet.forms import AgentChoiceField
@@ -54,8 +56,8 @@ class TraceFilterForm(forms.Form):
     model = forms.CharField(
         required=False, max_length=200, widget=forms.TextInput(attrs={"placeholder": "e.g. gpt-4o"})
     )
-    since = forms.DateTimeField(required=False, label="From", widget=_local_datetime())
-    until = forms.DateTimeField(required=False, label="To", widget=_local_datetime())
+    since = FilterDateTimeField(required=False, label="From", widget=_local_datetime())
+    until = FilterDateTimeField(required=False, label="To", widget=_local_datetime())
     min_cost = forms.DecimalField(
         required=False,
         min_value=Decimal(0),
@@ -144,7 +146,7 @@ def trace_list(request: HtmxHttpRequest) -> HttpResponse:
     target = request.htmx.target if request.htmx else None
     if target == "trace-arrivals":
         above = request.GET.get("above", "")
-        above_id = int(above) if above.isdigit() else 0
+        above_id = int(above) if is_id(above) else 0
         arrivals = {"arrivals": selectors.arrivals(traces, above_id=above_id), "above": above_id}
         return render(request, "traces/list.html#arrivals", {**arrivals, **_links(data, None)})
     page = selectors.traces_page(traces, after=form.cleaned_data["after"], before=form.cleaned_data["before"])

@@ -89,4 +89,3 @@ def _prepare(pgdata: Path, databases: tuple[str, ...], *, for_tests: bool) -> No
         for name in databases:
             if name not in existing:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-

@@ -16,6 +16,7 @@ from cockpit.tasks import live_probe
 from tests.support.live import connect, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+NOT_A_TOPIC = "is not a topic: topics are 'org' or <kind>.<id>, e.g. 'team.3'."
 
 
 @pytest.fixture
@@ -42,11 +43,18 @@ async def test_only_permitted_topics_are_joined(viewer_cookie, team, other_team)
     wanted = [f"team.{team.pk}", f"team.{other_team.pk}", "org", "run.1", "team.x", "nonsense"]
     communicator, connected, _ = await connect(viewer_cookie, wanted)
     assert connected
+    assert await communicator.receive_json_from(timeout=5) == {
+        "type": "error",
+        "detail": "Some topics are not topics: see 'errors'.",
+        "errors": [
+            {"field": f"topics.{i}", "message": f"{t!r} {NOT_A_TOPIC}"} for i, t in ((4, "team.x"), (5, "nonsense"))
+        ],
+    }
     reply = await communicator.receive_json_from(timeout=5)
     assert reply == {
         "type": "subscribed",
         "topics": [f"team.{team.pk}"],
-        "denied": [f"team.{other_team.pk}", "org", "run.1", "team.x", "nonsense"],
+        "denied": [f"team.{other_team.pk}", "org", "run.1"],
     }
     await communicator.disconnect()
 

@@ -155,8 +155,8 @@ def test_steps_and_the_end_are_reported(client, key, external) -> None:
 def test_reports_are_validated(client, key, external) -> None:
     run_id = post(client, "/api/v1/runs", {"agent": "crm-sync"}, **auth(key)).json()["id"]
     for body, status in [
-        ({"type": "step", "kind": "dance"}, 400),
-        ({"type": "status", "status": "paused"}, 400),
+        ({"type": "step", "kind": "dance"}, 422),
+        ({"type": "status", "status": "paused"}, 422),
         ({"type": "gossip"}, 422),
         ({"type": "step", "tokens_in": -3}, 422),
     ]:
@@ -236,7 +236,8 @@ def test_cancel_without_a_reason_is_refused(client, admin_user, external) -> Non
     run, _ = services.run_create(actor=SYSTEM, agent=external)
     client.force_login(admin_user)
     response = post(client, f"/api/v1/runs/{run.pk}/cancel", {"reason": ""})
-    assert response.status_code == 400 and "Say why" in response.json()["detail"]
+    assert response.status_code == 422 and "Say why" in response.json()["detail"]
+    assert response.json()["errors"] == [{"field": "reason", "message": "Say why the run is cancelled."}]
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING
 

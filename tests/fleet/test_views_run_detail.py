@@ -399,3 +399,18 @@ def test_override_of_a_running_run_is_refused(client, operator, queued):
     assert "Overrides apply to a paused or waiting run: pause it first." in response.content.decode()
     queued.refresh_from_db()
     assert queued.overrides == {}
+
+
+def test_an_external_run_without_a_version_renders(client, operator, make_agent) -> None:
+    from fleet.models import AgentKind
+    from fleet.services import run_create
+
+    run, _ = run_create(actor=SYSTEM, agent=make_agent("crm-sync", kind=AgentKind.EXTERNAL))
+    assert run.version is None
+    client.force_login(operator)
+    response = client.get(url("run-detail", run))
+    assert response.status_code == 200
+    assert "no step limit" in response.content.decode()
+    run_pause(actor=SYSTEM, run=run, reason="check")  # paused: the override form shows too
+    paused_page = client.get(url("run-detail", run))
+    assert paused_page.status_code == 200 and 'id="override-max-steps"' in paused_page.content.decode()

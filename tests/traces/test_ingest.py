@@ -201,7 +201,7 @@ def test_undecodable_bodies_are_400_and_store_nothing(client, ingest_key) -> Non
         (b"[1, 2]", True),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "soon"}]}]}]}', True),
         (b'{"resourceSpans": "all of them"}', True),
-        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "\\ud800"}]}]}]}', True),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "\xed\xa0\x80"}]}]}]}', True),  # not UTF-8
     ):
         response = post(client, ingest_key, body, json=as_json)
         assert response.status_code == 400, body
@@ -254,3 +254,42 @@ def test_a_run_still_going_is_titled_by_its_run() -> None:
     assert going.title == "run #42 (in progress)"
     going.root_name = "invoke_agent Refund desk"
     assert going.title == "invoke_agent Refund desk"
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "x\udfffy"], ids=["nul", "high-surrogate", "low-surrogate"])
+@pytest.mark.parametrize("where", ["value", "key", "name"])
+def test_unstorable_characters_are_replaced_and_counted(client, ingest_key, capture, bad, where) -> None:
+    """NUL and lone surrogates are not refused (an exporter cannot fix them): they are stored as
+    U+FFFD, and the answer says how many spans had one."""
+    otel.genai_refund_trace(capture)
+    document = json.loads(otel.json_body(capture.spans))
+    span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    if where == "name":
+        span["name"] = bad
+    elif where == "key":
+        span["attributes"].append({"key": f"odd.{bad}", "value": {"stringValue": "v"}})
+    else:
+        span["attributes"].append({"key": "odd.value", "value": {"stringValue": bad}})
+    response = post(client, ingest_key, json.dumps(document).encode(), json=True)
+    assert response.status_code == 200, response.content
+    partial = response.json()["partialSuccess"]
+    assert partial.get("rejectedSpans", "0") == "0"
+    assert "1 span(s): a NUL character or lone surrogate was replaced" in partial["errorMessage"]
+    assert Span.objects.count() == 4
+    stored = Span.objects.get(span_id=span["spanId"].lower())
+    text = stored.name if where == "name" else json.dumps(stored.attributes)
+    assert "\ufffd" in text or "\\ufffd" in text
+
+
+@pytest.mark.parametrize("ref", ["²", "٣", "9" * 30])
+def test_run_references_that_are_not_ids_are_ignored(client, ingest_key, capture, ref) -> None:
+    otel.genai_refund_trace(capture)
+    document = json.loads(otel.json_body(capture.spans))
+    span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"] += [
+        {"key": "cockpit.run_id", "value": {"stringValue": ref}},
+        {"key": "gen_ai.conversation.id", "value": {"stringValue": ref}},
+    ]
+    response = post(client, ingest_key, json.dumps(document).encode(), json=True)
+    assert response.status_code == 200, response.content
+    assert Span.objects.count() == 4 and not Span.objects.filter(run__isnull=False).exists()

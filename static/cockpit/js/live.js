@@ -58,6 +58,7 @@
     socket.onmessage = function (message) {
       var event;
       try { event = JSON.parse(message.data); } catch (e) { return; }
+      if (event.type === "error") { console.warn("live:", event.detail, event.errors); return; }
       if (event.type === "subscribed" || event.type === "pong") return;
       dispatch(event);
     };
