@@ -21,6 +21,7 @@ from cockpit import live
 from cockpit.audit import Actor, audit_record, snapshot
 from finops import budgets
 from finops.models import (
+    OPTIONAL_RATES,
     AlertKind,
     Budget,
     BudgetAction,
@@ -37,7 +38,7 @@ from fleet.models import Run, RunKind, RunStatus
 
 logger = logging.getLogger(__name__)
 SYSTEM = Actor.system("finops")
-OVERRIDE_FIELDS = ["model", "provider", "effective_from", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok"]
+OVERRIDE_FIELDS = ["model", "provider", "effective_from", "input_per_mtok", "output_per_mtok", *OPTIONAL_RATES]
 BUDGET_FIELDS = [
     "name",
     "scope",
