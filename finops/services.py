@@ -482,8 +482,8 @@ def spans_reprice(
     the range. Spans of Cockpit's runtime keep the cost the run recorded unless their model now
     has an override. Audited once for the whole range."""
     from finops import prices, rollups
-    from fleet.providers.base import Usage
     from traces.models import Span, Trace
+    from traces.semconv import TOKEN_COLUMNS
     from traces.store import LEAF_TYPES
 
     teams = list(team_ids) if team_ids is not None else None
@@ -507,10 +507,7 @@ def spans_reprice(
                 "model",
                 "provider",
                 "start_time",
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "reasoning_tokens",
+                *TOKEN_COLUMNS,
                 "cost",
                 "attributes",
                 "scope_name",
@@ -520,7 +517,7 @@ def spans_reprice(
             break
         updates = []
         for row in batch:
-            new = _span_cost(dict(row), prices, Usage, places)
+            new = _span_cost(dict(row), prices, places)
             old = row["cost"]
             if (old is None) != (new is None) or (old is not None and new is not None and Decimal(old) != new):
                 updates.append(Span(id=row["id"], cost=new))
@@ -558,8 +555,9 @@ def _sum_cost() -> Any:
     return Sum("cost")
 
 
-def _span_cost(row: dict[str, Any], prices: Any, usage_class: Any, places: Decimal) -> Decimal | None:
+def _span_cost(row: dict[str, Any], prices: Any, places: Decimal) -> Decimal | None:
     from traces.semconv import SpanType
+    from traces.store import span_usage
 
     attributes = row["attributes"] or {}
     has_usage = bool(row["input_tokens"] or row["output_tokens"])
@@ -569,12 +567,7 @@ def _span_cost(row: dict[str, Any], prices: Any, usage_class: Any, places: Decim
         return prices.price(
             provider=row["provider"],
             model=row["model"],
-            usage=usage_class(
-                input_tokens=row["input_tokens"] or 0,
-                output_tokens=row["output_tokens"] or 0,
-                cache_read_tokens=row["cache_read_tokens"] or 0,
-                reasoning_tokens=row["reasoning_tokens"] or 0,
-            ),
+            usage=span_usage(row),
             at=row["start_time"],
         )
     if recorded is not None and not isinstance(recorded, bool):

@@ -775,7 +775,10 @@ OUTCOME_FIELDS = [
     "tokens_in",
     "tokens_out",
     "cached_tokens",
+    "cache_write_tokens",
     "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
     "cost",
     "ended_at",
     "attempts",
@@ -798,6 +801,9 @@ def step_complete(
     tokens_out: int = 0,
     cached_tokens: int = 0,
     reasoning_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    output_audio_tokens: int = 0,
     cost: Decimal | None = None,
 ) -> Step:
     """Journal a step's outcome and add its usage to the run's totals."""
@@ -807,6 +813,8 @@ def step_complete(
     step.provider, step.model, step.simulated = provider, model, simulated
     step.tokens_in, step.tokens_out = tokens_in, tokens_out
     step.cached_tokens, step.reasoning_tokens = cached_tokens, reasoning_tokens
+    step.cache_write_tokens = cache_write_tokens
+    step.input_audio_tokens, step.output_audio_tokens = input_audio_tokens, output_audio_tokens
     step.cost = cost
     step.ended_at = timezone.now()
     _add_to_run(run, owner, step)

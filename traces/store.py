@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from django.db import connection, transaction
@@ -25,7 +25,12 @@ from cockpit import bulk, live
 from cockpit.models import Team
 from traces import signals
 from traces.models import DiscoveredAgent, Span, StatusCode, Trace, TraceStatus
-from traces.semconv import SpanType
+from traces.semconv import TOKEN_COLUMNS, SpanType
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from fleet.providers.base import Usage
 
 COLUMNS = (
     "team_id",
@@ -51,10 +56,7 @@ COLUMNS = (
     "conversation_id",
     "model",
     "provider",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "reasoning_tokens",
+    *TOKEN_COLUMNS,
     "cost",
     "tool_name",
     "attributes",
@@ -170,6 +172,13 @@ class _Links:
         return None
 
 
+def span_usage(row: Mapping[str, Any]) -> Usage:
+    """The token counts of a span row (its typed columns), for the pricer."""
+    from fleet.providers.base import Usage
+
+    return Usage(**{column: row[column] or 0 for column in TOKEN_COLUMNS})
+
+
 def _price(row: dict[str, Any]) -> Decimal | None:
     """The span's own cost: what Cockpit's runtime recorded, else the pricer seam's figure."""
     if row["span_type"] not in LEAF_TYPES:
@@ -185,18 +194,9 @@ def _price(row: dict[str, Any]) -> Decimal | None:
     if not (row["input_tokens"] or row["output_tokens"]):
         return None
     from fleet import seams
-    from fleet.providers.base import Usage
 
     price = seams.current.pricer.price(
-        provider_system=row["provider"],
-        model=row["model"],
-        usage=Usage(
-            input_tokens=row["input_tokens"] or 0,
-            output_tokens=row["output_tokens"] or 0,
-            cache_read_tokens=row["cache_read_tokens"] or 0,
-            reasoning_tokens=row["reasoning_tokens"] or 0,
-        ),
-        at=row["start_time"],
+        provider_system=row["provider"], model=row["model"], usage=span_usage(row), at=row["start_time"]
     )
     return None if price is None else Decimal(price).quantize(COST_PLACES)
 
