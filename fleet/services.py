@@ -6,6 +6,7 @@ journal. Operator actions are audited; every run change writes a ``RunEvent`` an
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -996,7 +997,7 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
         seq = (run.steps.order_by("-seq").values_list("seq", flat=True).first() or 0) + 1
         cost = report.get("cost")
         now = timezone.now()
-        step = Step.objects.create(
+        Step.objects.create(
             run=run,
             seq=seq,
             kind=step_kind,
@@ -1014,13 +1015,9 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
             ended_at=now,
             attempts=1,
         )
-        Run.objects.filter(pk=run.pk).update(
-            tokens_in=F("tokens_in") + step.tokens_in,
-            tokens_out=F("tokens_out") + step.tokens_out,
-            cost=F("cost") + (step.cost or Decimal(0)),
-            step_count=F("step_count") + 1,
-            updated_at=now,
-        )
+        # The step keeps the usage the agent reports; the run's totals are its spans' (as
+        # stored: ``runs_add_span_usage``), the figure FinOps and budgets count, never both.
+        Run.objects.filter(pk=run.pk).update(step_count=F("step_count") + 1, updated_at=now)
         publish_run(run, "run.step", seq=seq)
         return run
     if kind == "status":
@@ -1106,3 +1103,20 @@ def compensation_begin(*, run: Run, owner: str, seq: int, tool: str, original: S
     )
     publish_run(run, "run.step", seq=seq)
     return step
+
+
+# --- External runs' spend -------------------------------------------------------------------------
+
+
+def runs_add_span_usage(*, usage: Mapping[int, Any]) -> None:
+    """Add what stored spans used to their external runs (run pk -> ``traces.store.SpanUsage``),
+    in the span store's transaction: an external run costs what its spans cost, the figure
+    FinOps, budgets and the trace show. (A managed run's totals are its steps'.)"""
+    for run_id in sorted(usage):
+        spent = usage[run_id]
+        Run.objects.filter(pk=run_id, kind=RunKind.EXTERNAL).update(
+            tokens_in=F("tokens_in") + spent.tokens_in,
+            tokens_out=F("tokens_out") + spent.tokens_out,
+            cost=F("cost") + spent.cost,
+            unpriced_steps=F("unpriced_steps") + spent.unpriced,
+        )
