@@ -108,6 +108,16 @@ class Span(models.Model):
     def duration_ms(self) -> float:
         return self.duration_us / 1000
 
+    @property
+    def unpriced(self) -> bool:
+        """A model call with usage and no known price: its cost is unknown, not zero."""
+        return (
+            self.cost is None
+            and self.span_type in ("llm", "embedding")
+            and bool(self.model)
+            and bool(self.input_tokens or self.output_tokens)
+        )
+
 
 class TraceStatus(models.TextChoices):
     """The outcome of the trace's root span; ``open`` until the root span has arrived (the

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from finops import rollups, selectors
@@ -164,3 +165,16 @@ def test_an_external_runs_cost_is_the_same_on_every_page(client, superuser, team
     assert selectors.total_cost(superuser, filters=filters) == total
     assert dashboard_total(client, "range=7d&team=") == total
     assert sum((Decimal(r["cost_usd"]) for r in csv_rows(client, "range=7d&team=")), Decimal(0)) == total
+    # The call without a price says so in its trace, rather than costing $0.
+    unpriced = Span.objects.get(model="house-llama")
+    trace = Trace.objects.get(team=team, trace_id=trace_id)
+    detail = client.get(reverse("trace-span", args=[trace.pk, unpriced.span_id])).content.decode()
+    assert ">unpriced</span>" in detail and "$0.00" not in detail
+
+
+def test_a_run_with_only_unpriced_calls_shows_unpriced_not_zero(client, superuser, team, make_agent) -> None:  # noqa: ANN001
+    run, _ = run_create(actor=SYSTEM, agent=make_agent("crm-sync", kind=AgentKind.EXTERNAL))
+    write(team, [span_row(trace_id=run.trace_id, model="house-llama", provider="vllm")])
+    client.force_login(superuser)
+    body = client.get("/fleet/runs/").content.decode()
+    assert ">unpriced</span>" in body and "$0.00" not in body
