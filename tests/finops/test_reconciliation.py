@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from finops import rollups, selectors
-from finops.models import BudgetScope, BudgetSpend
+from finops.models import BudgetPeriod, BudgetScope, BudgetSpend
 from finops.selectors import CostFilter
 from finops.services import budget_create
 from fleet.models import AgentKind, Run
@@ -118,6 +118,15 @@ def test_span_costs_equal_calc_price_and_everything_adds_up_to_the_spans(client,
 
 def test_an_external_runs_cost_is_the_same_on_every_page(client, superuser, team, make_agent) -> None:  # noqa: ANN001
     agent = make_agent("crm-sync", kind=AgentKind.EXTERNAL)
+    budget = budget_create(
+        actor=SYSTEM,
+        name="crm",
+        scope=BudgetScope.AGENT,
+        team=team,
+        agent=agent,
+        period=BudgetPeriod.DAY,
+        limit_usd="100",
+    )
     run, _ = run_create(actor=SYSTEM, agent=agent, external_ref="sync-42")
     now = timezone.now()
     trace_id = "c" * 32
@@ -155,6 +164,8 @@ def test_an_external_runs_cost_is_the_same_on_every_page(client, superuser, team
     # The fleet tile, the runs list, FinOps' runs and totals, and the chargeback CSV.
     [tile] = agent_tiles(superuser, team=team)
     assert tile.cost_today == total
+    # The agent's budget counts the calls stored before the agent's span named the agent.
+    assert BudgetSpend.objects.get(budget=budget).spent == total
     client.force_login(superuser)
     runs_page = client.get("/fleet/runs/").content.decode()
     assert usd(total) in runs_page and usd(Decimal(0)) not in runs_page
