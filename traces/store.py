@@ -486,13 +486,13 @@ def _external_run_usage(
     }
     if linked_now:
         earlier = Span.objects.filter(team=team, trace_id__in=list(linked_now), span_type__in=list(LEAF_TYPES))
-        for row in earlier.values("trace_id", "span_type", "model", "input_tokens", "output_tokens", "cost"):
+        for span in earlier.values("trace_id", "span_type", "model", "input_tokens", "output_tokens", "cost"):
             add(
-                linked_now[row["trace_id"]],
-                row["cost"],
-                row["input_tokens"] or 0,
-                row["output_tokens"] or 0,
-                int(_is_unpriced(row)),
+                linked_now[span["trace_id"]],
+                span["cost"],
+                span["input_tokens"] or 0,
+                span["output_tokens"] or 0,
+                int(_is_unpriced(span)),
             )
     return usage
 
