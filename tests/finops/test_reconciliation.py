@@ -176,6 +176,12 @@ def test_an_external_runs_cost_is_the_same_on_every_page(client, superuser, team
     assert selectors.total_cost(superuser, filters=filters) == total
     assert dashboard_total(client, "range=7d&team=") == total
     assert sum((Decimal(r["cost_usd"]) for r in csv_rows(client, "range=7d&team=")), Decimal(0)) == total
+    read = client.get(f"/api/v1/traces/{trace_id}").json()
+    claude = next(span for span in read["spans"] if span["model"] == "claude-sonnet-4-20250514")
+    assert (claude["cache_write_tokens"], Decimal(claude["cost"])) == (
+        6_000,
+        Span.objects.get(model=claude["model"]).cost,
+    )
     # The call without a price says so in its trace, rather than costing $0.
     unpriced = Span.objects.get(model="house-llama")
     trace = Trace.objects.get(team=team, trace_id=trace_id)
