@@ -530,9 +530,13 @@ def spans_reprice(
         last_id = batch[-1]["id"]
         if progress:
             progress(done, total)
+    runs: set[int] = set()
     for team_id, trace_id in sorted(touched_traces):
         cost = Span.objects.filter(team_id=team_id, trace_id=trace_id).aggregate(c=_sum_cost())["c"]
-        Trace.objects.filter(team_id=team_id, trace_id=trace_id).update(cost=cost)
+        trace = Trace.objects.filter(team_id=team_id, trace_id=trace_id)
+        trace.update(cost=cost)
+        runs.update(run_id for run_id in trace.values_list("run_id", flat=True) if run_id is not None)
+    _external_runs_recount(runs)
     rebuilt = rollups.rebuild(since=since, until=until, team_ids=teams)
     with transaction.atomic():
         audit_record(
@@ -547,6 +551,25 @@ def spans_reprice(
             },
         )
     return {"spans": total, "changed": changed, "traces": len(touched_traces), "rolled_up": rebuilt}
+
+
+def _external_runs_recount(run_ids: Iterable[int]) -> None:
+    """An external run costs what its traces cost (``fleet.services.runs_add_span_usage`` adds
+    them as they are stored): after repricing, their sum again."""
+    from django.db.models import OuterRef, Subquery, Value
+    from django.db.models.functions import Coalesce
+
+    from traces.models import Trace
+
+    ids = sorted(run_ids)
+    if not ids:
+        return
+    traces_cost = (
+        Trace.objects.filter(run_id=OuterRef("pk")).order_by().values("run_id").annotate(c=Sum("cost")).values("c")
+    )
+    Run.objects.filter(pk__in=ids, kind=RunKind.EXTERNAL).update(
+        cost=Coalesce(Subquery(traces_cost), Value(Decimal(0)))
+    )
 
 
 def _sum_cost() -> Any:

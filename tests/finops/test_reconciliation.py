@@ -16,9 +16,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from finops import rollups, selectors
-from finops.models import BudgetPeriod, BudgetScope, BudgetSpend
+from finops.models import BudgetPeriod, BudgetScope, BudgetSpend, PriceOverride
 from finops.selectors import CostFilter
-from finops.services import budget_create
+from finops.services import budget_create, price_override_save, spans_reprice
 from fleet.models import AgentKind, Run
 from fleet.providers.base import Usage
 from fleet.selectors import agent_tiles
@@ -195,3 +195,21 @@ def test_a_run_with_only_unpriced_calls_shows_unpriced_not_zero(client, superuse
     client.force_login(superuser)
     body = client.get("/fleet/runs/").content.decode()
     assert ">unpriced</span>" in body and "$0.00" not in body
+
+
+def test_repricing_keeps_an_external_runs_cost_equal_to_its_spans(team, make_agent) -> None:  # noqa: ANN001
+    run, _ = run_create(actor=SYSTEM, agent=make_agent("crm-sync", kind=AgentKind.EXTERNAL))
+    now = timezone.now() - timedelta(minutes=1)
+    write(team, [span_row(start=now, trace_id=run.trace_id, model="gpt-4o", input_tokens=n) for n in (1_000, 2_000)])
+    before = Run.objects.get(pk=run.pk).cost
+    price_override_save(
+        actor=SYSTEM,
+        override=PriceOverride(
+            model="gpt-4o", effective_from=now - timedelta(days=1), input_per_mtok=1, output_per_mtok=1
+        ),
+    )
+    spans_reprice(actor=SYSTEM, since=now - timedelta(hours=1), until=timezone.now())
+    spans = Span.objects.filter(team=team)
+    after = sum((s.cost for s in spans), Decimal(0))
+    assert after == Decimal("0.004000") != before  # 3,000 in + 1,000 out at $1 per M
+    assert Run.objects.get(pk=run.pk).cost == after
