@@ -31,6 +31,7 @@ class PriceOverrideAdmin(admin.ModelAdmin):
         "input_per_mtok",
         "output_per_mtok",
         "cache_read_per_mtok",
+        "cache_write_per_mtok",
         "created_by_label",
     ]
     list_filter = ["provider"]
@@ -43,6 +44,10 @@ class PriceOverrideAdmin(admin.ModelAdmin):
         "input_per_mtok",
         "output_per_mtok",
         "cache_read_per_mtok",
+        "cache_write_per_mtok",
+        "reasoning_per_mtok",
+        "input_audio_per_mtok",
+        "output_audio_per_mtok",
         "note",
         "library_price",
     ]

@@ -636,17 +636,26 @@ def budget_still_exceeded(budget: Budget, run: Run) -> bool:
 # --- At ingest --------------------------------------------------------------------------------
 
 
-def charge_spans(team_id: int, charges: list[tuple[dict[str, Any], Dimensions]]) -> None:
-    """Add the cost of stored spans (not the runtime's) to the budgets covering them."""
+def charge_spans(
+    team_id: int,
+    charges: list[tuple[dict[str, Any], Dimensions]],
+    *,
+    charged_as: list[Dimensions] | None = None,
+) -> None:
+    """Add the cost of stored spans (not the runtime's) to the budgets covering them. With
+    ``charged_as`` (one per charge: the dimensions the span was charged under before its trace
+    named its agent), only the budgets those did not cover are charged."""
     budgets = budgets_of_team(team_id)
     if not budgets:
         return
     totals: dict[tuple[int, str], list[Any]] = {}
     by_pk = {b.pk: b for b in budgets}
-    for row, dims in charges:
+    for n, (row, dims) in enumerate(charges):
         subject = Subject(team_id, dims.agent_id, dims.workflow, frozenset(tags_of(dims.tag)))
+        before = charged_as[n] if charged_as is not None else None
+        was = Subject(team_id, before.agent_id, before.workflow, frozenset(tags_of(before.tag))) if before else None
         for budget in budgets:
-            if not applies(budget, subject):
+            if not applies(budget, subject) or (was is not None and applies(budget, was)):
                 continue
             run_id = row.get("run_id")
             if budget.period == BudgetPeriod.RUN:

@@ -44,6 +44,16 @@ def default_thresholds() -> list[int]:
 # --- Prices -----------------------------------------------------------------------------------
 
 
+# The rates an override may leave empty (then the input or output price applies).
+OPTIONAL_RATES = (
+    "cache_read_per_mtok",
+    "cache_write_per_mtok",
+    "reasoning_per_mtok",
+    "input_audio_per_mtok",
+    "output_audio_per_mtok",
+)
+
+
 class PriceOverride(models.Model):
     """A price per million tokens for ``model`` (as spans name it), for one provider or any.
 
@@ -63,7 +73,35 @@ class PriceOverride(models.Model):
         decimal_places=6,
         null=True,
         blank=True,
-        help_text="USD per million cached input tokens; empty = the input price",
+        help_text="USD per million cached input tokens read; empty = the input price",
+    )
+    cache_write_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million input tokens written to the cache; empty = the input price",
+    )
+    reasoning_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million reasoning tokens, where priced apart; empty = the output price",
+    )
+    input_audio_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million audio input tokens; empty = the input price",
+    )
+    output_audio_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million audio output tokens; empty = the output price",
     )
     note = models.TextField(blank=True, help_text="why (contract, self-hosted estimate, …)")
     created_by = models.ForeignKey(
@@ -79,6 +117,14 @@ class PriceOverride(models.Model):
             models.UniqueConstraint(fields=["model", "provider", "effective_from"], name="priceoverride_unique"),
             models.CheckConstraint(
                 condition=Q(input_per_mtok__gte=0, output_per_mtok__gte=0), name="priceoverride_not_negative"
+            ),
+            *(
+                models.CheckConstraint(
+                    condition=Q(**{f"{rate}__isnull": True}) | Q(**{f"{rate}__gte": 0}),
+                    name=f"priceoverride_{rate}_not_negative",
+                    violation_error_message="A price cannot be negative.",
+                )
+                for rate in OPTIONAL_RATES
             ),
         ]
 

@@ -10,6 +10,7 @@ process (and at once in the process that changes them).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -27,6 +28,8 @@ from genai_prices.types import TieredPrices
 
 from fleet.providers.base import Usage
 
+logger = logging.getLogger(__name__)
+
 COST_PLACES = Decimal("0.000001")
 MILLION = Decimal(1_000_000)
 MILLION_INT = 1_000_000
@@ -41,20 +44,85 @@ PROVIDER_ALIASES = {
 }
 
 
+# Our usage field -> genai-prices' usage key, and the total it is a part of: each kind of token is
+# passed to genai-prices, which prices it at the model's own rate for it (or, where the model has
+# none, at the rate of the total it is part of).
+KINDS: tuple[tuple[str, str, str | None], ...] = (
+    ("input_tokens", "input_tokens", None),
+    ("output_tokens", "output_tokens", None),
+    ("cache_read_tokens", "cache_read_tokens", "input_tokens"),
+    ("cache_write_tokens", "cache_write_tokens", "input_tokens"),
+    ("input_audio_tokens", "input_audio_tokens", "input_tokens"),
+    ("reasoning_tokens", "output_reasoning_tokens", "output_tokens"),
+    ("output_audio_tokens", "output_audio_tokens", "output_tokens"),
+)
+
+
+def consistent(usage: Usage) -> Usage:
+    """The counts as the conventions define them: cache reads, cache writes and audio input are
+    parts of the input tokens, reasoning and audio output parts of the output tokens. A span
+    reporting parts larger than their total is read as far as the total allows, in that order
+    (genai-prices refuses such counts outright)."""
+    cache_read = min(usage.cache_read_tokens, usage.input_tokens)
+    cache_write = min(usage.cache_write_tokens, usage.input_tokens - cache_read)
+    input_audio = min(usage.input_audio_tokens, usage.input_tokens - cache_read - cache_write)
+    reasoning = min(usage.reasoning_tokens, usage.output_tokens)
+    output_audio = min(usage.output_audio_tokens, usage.output_tokens - reasoning)
+    parts = (cache_read, cache_write, input_audio, reasoning, output_audio)
+    if parts == (
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.input_audio_tokens,
+        usage.reasoning_tokens,
+        usage.output_audio_tokens,
+    ):
+        return usage
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        input_audio_tokens=input_audio,
+        reasoning_tokens=reasoning,
+        output_audio_tokens=output_audio,
+    )
+
+
+def genai_usage(usage: Usage) -> GenaiUsage:
+    """genai-prices' ``Usage`` for ours: every kind it knows that we count."""
+    return GenaiUsage(**{key: count for field, key, _ in KINDS if (count := getattr(usage, field))})
+
+
 @dataclass(frozen=True)
 class Rate:
-    """An override's prices per million tokens."""
+    """An override's prices per million tokens; an empty rate is the input (or output) price."""
 
     pk: int
     effective_from: datetime
     input: Decimal
     output: Decimal
     cache_read: Decimal | None
+    cache_write: Decimal | None = None
+    reasoning: Decimal | None = None
+    input_audio: Decimal | None = None
+    output_audio: Decimal | None = None
 
     def cost(self, usage: Usage) -> Decimal:
-        cached = min(usage.cache_read_tokens, usage.input_tokens)
-        cache_rate = self.input if self.cache_read is None else self.cache_read
-        total = (usage.input_tokens - cached) * self.input + cached * cache_rate + usage.output_tokens * self.output
+        """``usage`` must be ``consistent``: each part at its rate, the rest of each total at its."""
+        inp, out = self.input, self.output
+        parts = (
+            (usage.cache_read_tokens, inp if self.cache_read is None else self.cache_read),
+            (usage.cache_write_tokens, inp if self.cache_write is None else self.cache_write),
+            (usage.input_audio_tokens, inp if self.input_audio is None else self.input_audio),
+        )
+        output_parts = (
+            (usage.reasoning_tokens, out if self.reasoning is None else self.reasoning),
+            (usage.output_audio_tokens, out if self.output_audio is None else self.output_audio),
+        )
+        plain_input = usage.input_tokens - sum(count for count, _ in parts)
+        plain_output = usage.output_tokens - sum(count for count, _ in output_parts)
+        total = plain_input * inp + plain_output * out
+        total += sum((count * rate for count, rate in (*parts, *output_parts)), Decimal(0))
         return total / MILLION
 
 
@@ -81,7 +149,17 @@ class _Overrides:
             grouped: dict[tuple[str, str], list[Rate]] = {}
             for row in PriceOverride.objects.order_by("effective_from", "pk"):
                 grouped.setdefault((row.model.lower(), row.provider.lower()), []).append(
-                    Rate(row.pk, row.effective_from, row.input_per_mtok, row.output_per_mtok, row.cache_read_per_mtok)
+                    Rate(
+                        row.pk,
+                        row.effective_from,
+                        row.input_per_mtok,
+                        row.output_per_mtok,
+                        row.cache_read_per_mtok,
+                        row.cache_write_per_mtok,
+                        row.reasoning_per_mtok,
+                        row.input_audio_per_mtok,
+                        row.output_audio_per_mtok,
+                    )
                 )
             self._by_key = {key: ([r.effective_from for r in rates], rates) for key, rates in grouped.items()}
             self._loaded_at = now
@@ -107,29 +185,27 @@ overrides = _Overrides()
 
 
 def _library_price(provider: str, model: str, usage: Usage, at: datetime) -> Decimal | None:
+    """genai-prices' ``calc_price`` of ``usage`` (``consistent``) — from the model's per-kind
+    rates where its price is linear in the counts (most models: the same figure for a fraction
+    of the cost), else by calling it. ``None`` when genai-prices does not know the model or
+    cannot price these counts."""
     found = _library_match(provider, model)
     if found is None:
         return None
     found_provider, found_model = found
-    cached = min(usage.cache_read_tokens, usage.input_tokens)
-    model_price = found_model.get_prices(at)
-    rates = _linear_rates(found_provider, found_model, model_price, at)
-    if (
-        rates is not None and cached + usage.cache_write_tokens <= usage.input_tokens
-    ):  # the same figure calc_price gives, for a fraction of its cost
-        fixed, per_input, per_output, per_cache_read, per_cache_write = rates
-        return (
-            fixed
-            + per_input * usage.input_tokens
-            + per_output * usage.output_tokens
-            + per_cache_read * cached
-            + per_cache_write * usage.cache_write_tokens
-        )
-    return _calc(found_provider, found_model, usage.input_tokens, usage.output_tokens, cached, usage, at)
+    rates = _linear_rates(found_provider, found_model, found_model.get_prices(at), at)
+    if rates is not None:
+        fixed, per_kind = rates
+        return fixed + sum((rate * getattr(usage, field) for field, rate in per_kind), Decimal(0))
+    try:
+        return _calc(found_provider, found_model, usage, at)
+    except ValueError as exc:  # e.g. cached audio a model prices apart, which no convention reports
+        logger.info("genai-prices cannot price %s of %s/%s: %s", usage, provider, model, exc)
+        return None
 
 
 _matches: dict[tuple[int, str, str], tuple[Any, Any] | None] = {}
-_rates: dict[int, tuple[Any, tuple[Decimal, ...] | None]] = {}
+_rates: dict[int, tuple[Any, tuple[Decimal, tuple[tuple[str, Decimal], ...]] | None]] = {}
 
 
 def _library_match(provider: str, model: str) -> tuple[Any, Any] | None:
@@ -153,39 +229,46 @@ def _library_match(provider: str, model: str) -> tuple[Any, Any] | None:
     return found
 
 
-def _calc(
-    found_provider: Any, found_model: Any, input: int, output: int, cache_read: int, usage: Usage | None, at: datetime
-) -> Decimal:
-    genai_usage = GenaiUsage(
-        input_tokens=input,
-        output_tokens=output,
-        cache_read_tokens=cache_read,
-        cache_write_tokens=usage.cache_write_tokens if usage is not None else 0,
-    )
+def _calc(found_provider: Any, found_model: Any, usage: Usage, at: datetime) -> Decimal:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calculation = found_model.calc_price(genai_usage, found_provider, genai_request_timestamp=at)
+        calculation = found_model.calc_price(genai_usage(usage), found_provider, genai_request_timestamp=at)
     return Decimal(calculation.total_price)
 
 
-def _linear_rates(found_provider: Any, found_model: Any, model_price: Any, at: datetime) -> tuple[Decimal, ...] | None:
+# Every kind at once, to check that a model's rates add up (no price depends on two kinds at once).
+_MIXED = Usage(
+    input_tokens=4 * MILLION_INT,
+    output_tokens=3 * MILLION_INT,
+    cache_read_tokens=MILLION_INT,
+    cache_write_tokens=MILLION_INT,
+    input_audio_tokens=MILLION_INT,
+    reasoning_tokens=MILLION_INT,
+    output_audio_tokens=MILLION_INT,
+)
+
+
+def _linear_rates(
+    found_provider: Any, found_model: Any, model_price: Any, at: datetime
+) -> tuple[Decimal, tuple[tuple[str, Decimal], ...]] | None:
     """Without token tiers a model's price is affine in its token counts: a fixed part and one
-    rate per kind of token, read once from calc_price itself. ``None`` when tiers apply."""
+    rate per kind of token (over the rate of the total it is part of), read once from calc_price
+    itself and checked against it. ``None`` when tiers apply or the rates do not add up."""
     cached = _rates.get(id(model_price))
     if cached is not None and cached[0] is model_price:
         return cached[1]
-    rates: tuple[Decimal, ...] | None = None
+    rates: tuple[Decimal, tuple[tuple[str, Decimal], ...]] | None = None
     if not any(isinstance(value, TieredPrices) for value in vars(model_price).values()):
         try:
-            fixed = _calc(found_provider, found_model, 0, 0, 0, None, at)
-            per_input = (_calc(found_provider, found_model, MILLION_INT, 0, 0, None, at) - fixed) / MILLION
-            per_output = (_calc(found_provider, found_model, 0, MILLION_INT, 0, None, at) - fixed) / MILLION
-            with_cache = _calc(found_provider, found_model, MILLION_INT, 0, MILLION_INT, None, at)
-            per_cache_read = (with_cache - fixed) / MILLION - per_input
-            write = Usage(input_tokens=0, output_tokens=0, cache_write_tokens=MILLION_INT)
-            with_write = _calc(found_provider, found_model, MILLION_INT, 0, 0, write, at)
-            per_cache_write = (with_write - fixed) / MILLION - per_input
-            rates = (fixed, per_input, per_output, per_cache_read, per_cache_write)
+            fixed = _calc(found_provider, found_model, Usage(), at)
+            per: dict[str, Decimal] = {}
+            for field, _, total in KINDS:
+                probe = {field: MILLION_INT} | ({total: MILLION_INT} if total else {})
+                whole = (_calc(found_provider, found_model, Usage(**probe), at) - fixed) / MILLION
+                per[field] = whole - (per[total] if total else 0)
+            mixed = _calc(found_provider, found_model, _MIXED, at)
+            if mixed == fixed + sum(rate * getattr(_MIXED, field) for field, rate in per.items()):
+                rates = (fixed, tuple((field, rate) for field, rate in per.items() if rate))
         except Exception:  # noqa: BLE001 - a price calc_price cannot split: use calc_price every time
             rates = None
     _rates[id(model_price)] = (model_price, rates)
@@ -199,6 +282,7 @@ def price(*, provider: str, model: str, usage: Usage, at: datetime | None = None
         return None
     at = at or timezone.now()
     provider = (provider or "").lower()
+    usage = consistent(usage)
     rate = overrides.rate(model, provider, at)
     if rate is not None:
         cost: Decimal | None = rate.cost(usage)

@@ -258,7 +258,8 @@ def on_spans_stored(
     accumulator = Accumulator()
     charges: list[tuple[dict[str, Any], Dimensions]] = []
     costly = False
-    agents = _trace_agents(team.pk, rows, accumulator, keys, before)
+    moved: list[tuple[dict[str, Any], Dimensions, Dimensions]] = []
+    agents = _trace_agents(team.pk, rows, accumulator, keys, before, moved)
     for row in rows:
         dims = accumulator.add(row, team.pk, keys, agents.get(row["trace_id"]))
         if row.get("cost") is not None:
@@ -270,6 +271,10 @@ def on_spans_stored(
         live.publish({"type": "finops.cost", "team": team.pk}, team_id=team.pk, coalesce=f"finops.cost:{team.pk}")
     if charges:
         budgets.charge_spans(team.pk, charges)
+    # Spans stored before their trace named its agent: now the agent's budgets' too.
+    moved = [m for m in moved if m[0].get("cost") is not None and m[0].get("scope_name") != budgets.RUNTIME_SCOPE]
+    if moved:
+        budgets.charge_spans(team.pk, [(row, new) for row, _, new in moved], charged_as=[old for _, old, _ in moved])
 
 
 def _pick(rows: Iterable[dict[str, Any]]) -> dict[str, TraceAgent]:
@@ -309,6 +314,7 @@ def _trace_agents(
     accumulator: Accumulator,
     keys: tuple[str, ...],
     before: dict[str, TraceBefore],
+    moved: list[tuple[dict[str, Any], Dimensions, Dimensions]],
 ) -> dict[str, TraceAgent]:
     """The agent of each trace of the batch whose spans do not all name one: from the batch, or
     from the trace's summary before this batch (``before``: what spans stored earlier named).
@@ -333,7 +339,7 @@ def _trace_agents(
             newly_named.append(trace_id)
     if newly_named:
         in_batch = {(row["trace_id"], row["span_id"]) for row in rows}
-        _move_earlier_spans(team_id, newly_named, batch_agents, in_batch, accumulator, keys)
+        moved += _move_earlier_spans(team_id, newly_named, batch_agents, in_batch, accumulator, keys)
     return {t: agents[t] for t in anonymous if t in agents}
 
 
@@ -344,19 +350,22 @@ def _move_earlier_spans(
     in_batch: set[tuple[str, str]],
     accumulator: Accumulator,
     keys: tuple[str, ...],
-) -> None:
+) -> list[tuple[dict[str, Any], Dimensions, Dimensions]]:
+    """Move the earlier spans; returns each with the dimensions it leaves and those it joins."""
     from traces.models import Span
 
     earlier = (
         Span.objects.filter(team_id=team_id, trace_id__in=sorted(trace_ids), agent_id__isnull=True)
         .filter(agent_key="", agent_name="")
-        .values("trace_id", "span_id", *SPAN_FIELDS)
+        .values("trace_id", "span_id", "run_id", "scope_name", *SPAN_FIELDS)
     )
+    moved = []
     for row in earlier:
         if (row["trace_id"], row["span_id"]) in in_batch:
             continue
-        accumulator.add(row, team_id, keys, None, sign=-1)
-        accumulator.add(row, team_id, keys, agents[row["trace_id"]])
+        old = accumulator.add(row, team_id, keys, None, sign=-1)
+        moved.append((row, old, accumulator.add(row, team_id, keys, agents[row["trace_id"]])))
+    return moved
 
 
 # --- Rebuild and reconcile --------------------------------------------------------------------

@@ -192,6 +192,15 @@ class ChargebackRow:
     output_tokens: int
     spans: int
     unpriced: int
+    priced_calls: int = 0  # spans with a cost
+
+    @property
+    def priced(self) -> str:
+        """``yes``: every model call has a price; ``no``: none has (the cost is unknown, not
+        zero); ``partly``: the cost counts the priced ones only."""
+        if not self.unpriced:
+            return "yes"
+        return "partly" if self.priced_calls else "no"
 
 
 @dataclass(frozen=True)
@@ -712,7 +721,8 @@ def chargeback(
         for name in _check_dimension(dimension):
             if name not in fields:
                 fields.append(name)
-    rows = _bucketed(user, filters, bucket, fields, ("cost", "input_tokens", "output_tokens", "spans", "unpriced"))
+    sums = ("cost", "input_tokens", "output_tokens", "spans", "unpriced", "priced")
+    rows = _bucketed(user, filters, bucket, fields, sums)
     labels = _Labels()
     if "agent_id" in fields:
         labels.load_agents(r["agent_id"] for r in rows)
@@ -729,6 +739,7 @@ def chargeback(
                 int(r["output_tokens"] or 0),
                 int(r["spans"] or 0),
                 int(r["unpriced"] or 0),
+                int(r["priced"] or 0),
             )
         )
     result.sort(key=lambda c: (c.period, [c.values[d] for d in dimensions]))

@@ -21,6 +21,7 @@ from cockpit import live
 from cockpit.audit import Actor, audit_record, snapshot
 from finops import budgets
 from finops.models import (
+    OPTIONAL_RATES,
     AlertKind,
     Budget,
     BudgetAction,
@@ -37,7 +38,7 @@ from fleet.models import Run, RunKind, RunStatus
 
 logger = logging.getLogger(__name__)
 SYSTEM = Actor.system("finops")
-OVERRIDE_FIELDS = ["model", "provider", "effective_from", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok"]
+OVERRIDE_FIELDS = ["model", "provider", "effective_from", "input_per_mtok", "output_per_mtok", *OPTIONAL_RATES]
 BUDGET_FIELDS = [
     "name",
     "scope",
@@ -481,8 +482,8 @@ def spans_reprice(
     the range. Spans of Cockpit's runtime keep the cost the run recorded unless their model now
     has an override. Audited once for the whole range."""
     from finops import prices, rollups
-    from fleet.providers.base import Usage
     from traces.models import Span, Trace
+    from traces.semconv import TOKEN_COLUMNS
     from traces.store import LEAF_TYPES
 
     teams = list(team_ids) if team_ids is not None else None
@@ -506,10 +507,7 @@ def spans_reprice(
                 "model",
                 "provider",
                 "start_time",
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "reasoning_tokens",
+                *TOKEN_COLUMNS,
                 "cost",
                 "attributes",
                 "scope_name",
@@ -519,7 +517,7 @@ def spans_reprice(
             break
         updates = []
         for row in batch:
-            new = _span_cost(dict(row), prices, Usage, places)
+            new = _span_cost(dict(row), prices, places)
             old = row["cost"]
             if (old is None) != (new is None) or (old is not None and new is not None and Decimal(old) != new):
                 updates.append(Span(id=row["id"], cost=new))
@@ -532,9 +530,13 @@ def spans_reprice(
         last_id = batch[-1]["id"]
         if progress:
             progress(done, total)
+    runs: set[int] = set()
     for team_id, trace_id in sorted(touched_traces):
         cost = Span.objects.filter(team_id=team_id, trace_id=trace_id).aggregate(c=_sum_cost())["c"]
-        Trace.objects.filter(team_id=team_id, trace_id=trace_id).update(cost=cost)
+        trace = Trace.objects.filter(team_id=team_id, trace_id=trace_id)
+        trace.update(cost=cost)
+        runs.update(run_id for run_id in trace.values_list("run_id", flat=True) if run_id is not None)
+    _external_runs_recount(runs)
     rebuilt = rollups.rebuild(since=since, until=until, team_ids=teams)
     with transaction.atomic():
         audit_record(
@@ -551,14 +553,34 @@ def spans_reprice(
     return {"spans": total, "changed": changed, "traces": len(touched_traces), "rolled_up": rebuilt}
 
 
+def _external_runs_recount(run_ids: Iterable[int]) -> None:
+    """An external run costs what its traces cost (``fleet.services.runs_add_span_usage`` adds
+    them as they are stored): after repricing, their sum again."""
+    from django.db.models import OuterRef, Subquery, Value
+    from django.db.models.functions import Coalesce
+
+    from traces.models import Trace
+
+    ids = sorted(run_ids)
+    if not ids:
+        return
+    traces_cost = (
+        Trace.objects.filter(run_id=OuterRef("pk")).order_by().values("run_id").annotate(c=Sum("cost")).values("c")
+    )
+    Run.objects.filter(pk__in=ids, kind=RunKind.EXTERNAL).update(
+        cost=Coalesce(Subquery(traces_cost), Value(Decimal(0)))
+    )
+
+
 def _sum_cost() -> Any:
     from django.db.models import Sum
 
     return Sum("cost")
 
 
-def _span_cost(row: dict[str, Any], prices: Any, usage_class: Any, places: Decimal) -> Decimal | None:
+def _span_cost(row: dict[str, Any], prices: Any, places: Decimal) -> Decimal | None:
     from traces.semconv import SpanType
+    from traces.store import span_usage
 
     attributes = row["attributes"] or {}
     has_usage = bool(row["input_tokens"] or row["output_tokens"])
@@ -568,12 +590,7 @@ def _span_cost(row: dict[str, Any], prices: Any, usage_class: Any, places: Decim
         return prices.price(
             provider=row["provider"],
             model=row["model"],
-            usage=usage_class(
-                input_tokens=row["input_tokens"] or 0,
-                output_tokens=row["output_tokens"] or 0,
-                cache_read_tokens=row["cache_read_tokens"] or 0,
-                reasoning_tokens=row["reasoning_tokens"] or 0,
-            ),
+            usage=span_usage(row),
             at=row["start_time"],
         )
     if recorded is not None and not isinstance(recorded, bool):

@@ -478,7 +478,7 @@ def chargeback(request: HtmxHttpRequest) -> HttpResponse | StreamingHttpResponse
             header.append(dimension)
             if dimension in ("team", "agent"):
                 header.append(f"{dimension}_id")
-        header += ["cost_usd", "input_tokens", "output_tokens", "spans", "unpriced_llm_calls"]
+        header += ["cost_usd", "priced", "input_tokens", "output_tokens", "spans", "unpriced_llm_calls"]
         writer.writerow(header)
         yield out.take()
         for row in rows:
@@ -489,7 +489,9 @@ def chargeback(request: HtmxHttpRequest) -> HttpResponse | StreamingHttpResponse
                     line.append(team_slugs.get(row.keys["team"], row.keys["team"]))
                 elif dimension == "agent":
                     line.append(row.keys["agent"])
-            line += [f"{row.cost:.6f}", row.input_tokens, row.output_tokens, row.spans, row.unpriced]
+            priced = row.priced
+            cost = "" if priced == "no" else f"{row.cost:.6f}"  # unknown, not zero
+            line += [cost, priced, row.input_tokens, row.output_tokens, row.spans, row.unpriced]
             writer.writerow(line)
             yield out.take()
 

@@ -6,6 +6,7 @@ journal. Operator actions are audited; every run change writes a ``RunEvent`` an
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -870,7 +871,10 @@ OUTCOME_FIELDS = [
     "tokens_in",
     "tokens_out",
     "cached_tokens",
+    "cache_write_tokens",
     "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
     "cost",
     "ended_at",
     "attempts",
@@ -893,6 +897,9 @@ def step_complete(
     tokens_out: int = 0,
     cached_tokens: int = 0,
     reasoning_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    output_audio_tokens: int = 0,
     cost: Decimal | None = None,
 ) -> Step:
     """Journal a step's outcome and add its usage to the run's totals."""
@@ -902,6 +909,8 @@ def step_complete(
     step.provider, step.model, step.simulated = provider, model, simulated
     step.tokens_in, step.tokens_out = tokens_in, tokens_out
     step.cached_tokens, step.reasoning_tokens = cached_tokens, reasoning_tokens
+    step.cache_write_tokens = cache_write_tokens
+    step.input_audio_tokens, step.output_audio_tokens = input_audio_tokens, output_audio_tokens
     step.cost = cost
     step.ended_at = timezone.now()
     _add_to_run(run, owner, step)
@@ -1191,13 +1200,9 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
             ended_at=now,
             attempts=1,
         )
-        Run.objects.filter(pk=run.pk).update(
-            tokens_in=F("tokens_in") + step.tokens_in,
-            tokens_out=F("tokens_out") + step.tokens_out,
-            cost=F("cost") + (step.cost or Decimal(0)),
-            step_count=F("step_count") + 1,
-            updated_at=now,
-        )
+        # The step keeps the usage the agent reports; the run's totals are its spans' (as
+        # stored: ``runs_add_span_usage``), the figure FinOps and budgets count, never both.
+        Run.objects.filter(pk=run.pk).update(step_count=F("step_count") + 1, updated_at=now)
         if refusal is not None:
             audit_record(actor=actor, action="step.refuse", obj=run, after={"step": seq, **refusal}, reason=error)
             run.refused = error  # type: ignore[attr-defined]
@@ -1288,3 +1293,20 @@ def compensation_begin(*, run: Run, owner: str, seq: int, tool: str, original: S
     )
     publish_run(run, "run.step", seq=seq)
     return step
+
+
+# --- External runs' spend -------------------------------------------------------------------------
+
+
+def runs_add_span_usage(*, usage: Mapping[int, Any]) -> None:
+    """Add what stored spans used to their external runs (run pk -> ``traces.store.SpanUsage``),
+    in the span store's transaction: an external run costs what its spans cost, the figure
+    FinOps, budgets and the trace show. (A managed run's totals are its steps'.)"""
+    for run_id in sorted(usage):
+        spent = usage[run_id]
+        Run.objects.filter(pk=run_id, kind=RunKind.EXTERNAL).update(
+            tokens_in=F("tokens_in") + spent.tokens_in,
+            tokens_out=F("tokens_out") + spent.tokens_out,
+            cost=F("cost") + spent.cost,
+            unpriced_steps=F("unpriced_steps") + spent.unpriced,
+        )

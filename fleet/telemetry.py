@@ -107,6 +107,10 @@ def emit_step(run: Run, step: Step) -> None:
             gen_ai.GEN_AI_USAGE_INPUT_TOKENS: step.tokens_in,
             gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: step.tokens_out,
             gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: step.cached_tokens,
+            gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: step.cache_write_tokens,
+            # No GenAI attribute counts audio tokens yet: OpenInference's names (traces.semconv reads them).
+            "llm.token_count.prompt_details.audio": step.input_audio_tokens,
+            "llm.token_count.completion_details.audio": step.output_audio_tokens,
             gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: step.reasoning_tokens,
             gen_ai.GEN_AI_INPUT_MESSAGES: _json(request.get("messages", [])),
             "cockpit.step.name": step.name,

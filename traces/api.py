@@ -108,8 +108,11 @@ class SpanOut(BaseModel):
     input_tokens: int | None
     output_tokens: int | None
     cache_read_tokens: int | None
+    cache_write_tokens: int | None
     reasoning_tokens: int | None
-    cost: Decimal | None = Field(description="USD, the span's own cost (leaf spans only)")
+    input_audio_tokens: int | None
+    output_audio_tokens: int | None
+    cost: Decimal | None = Field(description="USD, the span's own cost (leaf spans only); null: none, or unpriced")
     tool_name: str
     attributes: dict[str, Any]
     events: list[Any]

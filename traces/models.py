@@ -79,7 +79,10 @@ class Span(models.Model):
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)
     cache_read_tokens = models.BigIntegerField(null=True, blank=True)
+    cache_write_tokens = models.BigIntegerField(null=True, blank=True)
     reasoning_tokens = models.BigIntegerField(null=True, blank=True)
+    input_audio_tokens = models.BigIntegerField(null=True, blank=True)
+    output_audio_tokens = models.BigIntegerField(null=True, blank=True)
     cost = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     tool_name = models.CharField(max_length=200, blank=True)
     attributes = models.JSONField(default=dict)
@@ -104,6 +107,16 @@ class Span(models.Model):
     @property
     def duration_ms(self) -> float:
         return self.duration_us / 1000
+
+    @property
+    def unpriced(self) -> bool:
+        """A model call with usage and no known price: its cost is unknown, not zero."""
+        return (
+            self.cost is None
+            and self.span_type in ("llm", "embedding")
+            and bool(self.model)
+            and bool(self.input_tokens or self.output_tokens)
+        )
 
 
 class TraceStatus(models.TextChoices):

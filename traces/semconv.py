@@ -49,11 +49,18 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "gen_ai.usage.cache_read_input_tokens",
         "llm.token_count.prompt_details.cache_read",
     ),
+    "cache_write_tokens": (
+        "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens",
+        "llm.token_count.prompt_details.cache_write",
+    ),
     "reasoning_tokens": (
         "gen_ai.usage.reasoning.output_tokens",
         "gen_ai.usage.reasoning_tokens",
         "llm.token_count.completion_details.reasoning",
     ),
+    "input_audio_tokens": ("llm.token_count.prompt_details.audio",),
+    "output_audio_tokens": ("llm.token_count.completion_details.audio",),
     "tool_name": ("gen_ai.tool.name", "tool.name", "traceloop.entity.name@tool"),
     "agent_key": ("gen_ai.agent.id", "agent.id"),
     "agent_name": ("gen_ai.agent.name", "agent.name", "traceloop.entity.name@agent"),
@@ -61,6 +68,17 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "conversation_id": ("gen_ai.conversation.id", "session.id", "traceloop.association.properties.session_id"),
     "error_type": ("error.type", "exception.type"),
 }
+
+# The token columns, each a kind genai-prices prices (the parts of input and output included).
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+)
 
 # gen_ai.operation.name -> span type
 OPERATIONS = {
@@ -115,7 +133,10 @@ class Meaning:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    input_audio_tokens: int | None = None
+    output_audio_tokens: int | None = None
     tool_name: str = ""
     agent_key: str = ""
     agent_name: str = ""
@@ -208,7 +229,10 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "input_tokens": _int,
     "output_tokens": _int,
     "cache_read_tokens": _int,
+    "cache_write_tokens": _int,
     "reasoning_tokens": _int,
+    "input_audio_tokens": _int,
+    "output_audio_tokens": _int,
     "tool_name": lambda value: _text(value, 200),
     "agent_key": lambda value: _text(value, 200),
     "agent_name": lambda value: _text(value, 200),

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from django.db import connection, transaction
@@ -26,7 +26,12 @@ from cockpit.lib.validation import is_id
 from cockpit.models import Team
 from traces import signals
 from traces.models import DiscoveredAgent, Span, StatusCode, Trace, TraceStatus
-from traces.semconv import SpanType
+from traces.semconv import TOKEN_COLUMNS, SpanType
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from fleet.providers.base import Usage
 
 COLUMNS = (
     "team_id",
@@ -52,10 +57,7 @@ COLUMNS = (
     "conversation_id",
     "model",
     "provider",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "reasoning_tokens",
+    *TOKEN_COLUMNS,
     "cost",
     "tool_name",
     "attributes",
@@ -72,6 +74,16 @@ _RESOURCE_CELL = COLUMNS.index("resource")
 LEAF_TYPES = frozenset({SpanType.LLM, SpanType.EMBEDDING, SpanType.TOOL, SpanType.RETRIEVAL, SpanType.GUARDRAIL})
 SEARCH_CHARS = 4000
 COST_PLACES = Decimal("0.000001")
+
+
+@dataclass
+class SpanUsage:
+    """The leaf spans' tokens and cost added to one run; ``unpriced``: model calls with no price."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: Decimal = Decimal(0)
+    unpriced: int = 0
 
 
 @dataclass
@@ -101,7 +113,7 @@ class _Links:
     """The team's agents and the runs these rows name, read once per batch."""
 
     def __init__(self, team: Team, rows: list[dict[str, Any]]) -> None:
-        from fleet.models import Agent, Run
+        from fleet.models import Agent, Run, RunKind
 
         self.team = team
         self.agents: dict[str, int] = {}
@@ -128,6 +140,7 @@ class _Links:
                 if is_id(conversation):
                     run_pks.add(int(conversation))
         self.runs: dict[int, int] = {}  # run pk -> agent pk
+        self.external_runs: set[int] = set()
         self.run_by_trace: dict[str, int] = {}
         self.run_by_ref: dict[str, int] = {}
         if run_pks or refs or trace_ids:
@@ -137,8 +150,12 @@ class _Links:
                 .filter(Q(pk__in=run_pks) | Q(trace_id__in=trace_ids) | Q(external_ref__in=refs))
                 .order_by()
             )
-            for pk, agent_id, trace_id, ref in found.values_list("id", "agent_id", "trace_id", "external_ref"):
+            for pk, agent_id, trace_id, ref, kind in found.values_list(
+                "id", "agent_id", "trace_id", "external_ref", "kind"
+            ):
                 self.runs[pk] = agent_id
+                if kind == RunKind.EXTERNAL:
+                    self.external_runs.add(pk)
                 self.run_by_trace[trace_id] = pk
                 if ref:
                     self.run_by_ref[ref] = pk
@@ -171,6 +188,13 @@ class _Links:
         return None
 
 
+def span_usage(row: Mapping[str, Any]) -> Usage:
+    """The token counts of a span row (its typed columns), for the pricer."""
+    from fleet.providers.base import Usage
+
+    return Usage(**{column: row[column] or 0 for column in TOKEN_COLUMNS})
+
+
 def _price(row: dict[str, Any]) -> Decimal | None:
     """The span's own cost: what Cockpit's runtime recorded, else the pricer seam's figure."""
     if row["span_type"] not in LEAF_TYPES:
@@ -186,18 +210,9 @@ def _price(row: dict[str, Any]) -> Decimal | None:
     if not (row["input_tokens"] or row["output_tokens"]):
         return None
     from fleet import seams
-    from fleet.providers.base import Usage
 
     price = seams.current.pricer.price(
-        provider_system=row["provider"],
-        model=row["model"],
-        usage=Usage(
-            input_tokens=row["input_tokens"] or 0,
-            output_tokens=row["output_tokens"] or 0,
-            cache_read_tokens=row["cache_read_tokens"] or 0,
-            reasoning_tokens=row["reasoning_tokens"] or 0,
-        ),
-        at=row["start_time"],
+        provider_system=row["provider"], model=row["model"], usage=span_usage(row), at=row["start_time"]
     )
     return None if price is None else Decimal(price).quantize(COST_PLACES)
 
@@ -376,6 +391,7 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
             else set()
         )
         before = {t.trace_id: (t.span_count, t.agent_id, t.agent_key, t.agent_name) for t in summaries}
+        run_before = {t.trace_id: t.run_id for t in summaries if t.span_count}
         watched = []  # traces that existed before this batch: someone may have them open
         changed: list[Trace] = []
         for trace in summaries:
@@ -393,8 +409,16 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
             if r["trace_id"] in created or (r["trace_id"] in merged and (r["trace_id"], r["span_id"]) not in existing)
         ]
         stored.duplicates += len(rows) - len(new_rows)
+        run_of = {t.trace_id: t.run_id for t in changed}
+        for trace_id in created:
+            run_of[trace_id] = next((r["run_id"] for r in by_trace[trace_id] if r["run_id"]), None)
+        usage = _external_run_usage(team, links, new_rows, run_of, run_before)
         if new_rows:
             _insert(new_rows)
+        if usage:
+            from fleet.services import runs_add_span_usage
+
+            runs_add_span_usage(usage=usage)
         if changed:
             _summaries_save(changed)
         if discovered:
@@ -420,6 +444,58 @@ def write(team: Team, rows: list[dict[str, Any]], *, now: datetime) -> Stored:
                     coalesce=f"trace.spans:{trace.pk}",
                 )
     return stored
+
+
+def _is_unpriced(row: Mapping[str, Any]) -> bool:
+    """A model call with usage and no price (the rollups count the same spans as unpriced)."""
+    return (
+        row["cost"] is None
+        and row["span_type"] in (SpanType.LLM, SpanType.EMBEDDING)
+        and bool(row["model"])
+        and bool(row["input_tokens"] or row["output_tokens"])
+    )
+
+
+def _external_run_usage(
+    team: Team,
+    links: _Links,
+    rows: list[dict[str, Any]],
+    run_of: dict[str, int | None],
+    run_before: dict[str, int | None],
+) -> dict[int, SpanUsage]:
+    """What these spans add to external runs: a trace linked to an external run (by any of its
+    spans) brings it every leaf span's tokens and cost. When this batch links a trace that
+    already held spans, those earlier spans are added too (an agent's own span, which names the
+    run, ends and is exported after its children)."""
+    usage: dict[int, SpanUsage] = {}
+
+    def add(run_id: int, cost: Decimal | None, tokens_in: int, tokens_out: int, unpriced: int) -> None:
+        total = usage.setdefault(run_id, SpanUsage())
+        total.tokens_in += tokens_in
+        total.tokens_out += tokens_out
+        total.cost += cost or Decimal(0)
+        total.unpriced += unpriced
+
+    for row in rows:
+        run_id = run_of.get(row["trace_id"])
+        if run_id in links.external_runs and row["span_type"] in LEAF_TYPES:
+            add(run_id, row["cost"], row["input_tokens"] or 0, row["output_tokens"] or 0, int(_is_unpriced(row)))
+    linked_now = {
+        trace_id: run_id
+        for trace_id, run_id in run_of.items()
+        if run_id in links.external_runs and trace_id in run_before and run_before[trace_id] != run_id
+    }
+    if linked_now:
+        earlier = Span.objects.filter(team=team, trace_id__in=list(linked_now), span_type__in=list(LEAF_TYPES))
+        for span in earlier.values("trace_id", "span_type", "model", "input_tokens", "output_tokens", "cost"):
+            add(
+                linked_now[span["trace_id"]],
+                span["cost"],
+                span["input_tokens"] or 0,
+                span["output_tokens"] or 0,
+                int(_is_unpriced(span)),
+            )
+    return usage
 
 
 def _summary_of(team: Team, rows: list[dict[str, Any]], now: datetime) -> Trace:

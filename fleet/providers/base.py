@@ -17,13 +17,17 @@ Message = dict[str, Any]  # {"role": "system" | "user" | "assistant", "content":
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts as the provider reported them. ``input_tokens`` includes cached tokens."""
+    """Token counts as the provider reported them. ``input_tokens`` includes the cached (read
+    and written) and audio input tokens; ``output_tokens`` includes the reasoning and audio
+    output tokens. Each kind is priced at the model's own rate for it (``finops.prices``)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -105,6 +105,8 @@ def _usage(usage: CompletionUsage | None) -> Usage:
         cache_read_tokens=(prompt.cached_tokens or 0) if prompt else 0,
         cache_write_tokens=(prompt.cache_write_tokens or 0) if prompt else 0,
         reasoning_tokens=(completion.reasoning_tokens or 0) if completion else 0,
+        input_audio_tokens=(prompt.audio_tokens or 0) if prompt else 0,
+        output_audio_tokens=(completion.audio_tokens or 0) if completion else 0,
     )
 
 

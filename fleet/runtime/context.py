@@ -539,6 +539,9 @@ class RunContext:
                 tokens_out=response.usage.output_tokens,
                 cached_tokens=response.usage.cache_read_tokens,
                 reasoning_tokens=response.usage.reasoning_tokens,
+                cache_write_tokens=response.usage.cache_write_tokens,
+                input_audio_tokens=response.usage.input_audio_tokens,
+                output_audio_tokens=response.usage.output_audio_tokens,
                 cost=cost,
             )
             self._context = seams.ActionContext(reasoning=response.content[:2000], decision_step=seq)

@@ -86,7 +86,8 @@ def dashboard_total(client, query: str) -> Decimal:  # noqa: ANN001
 def test_the_csv_adds_up_to_the_dashboard_to_the_cent(client, superuser, spans, query, by) -> None:  # noqa: ANN001
     client.force_login(superuser)
     rows = read(client.get(f"/finops/chargeback.csv?{query}&{by}"))
-    exact = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
+    exact = sum((Decimal(r["cost_usd"]) for r in rows if r["priced"] != "no"), Decimal(0))
+    assert all(r["cost_usd"] == "" for r in rows if r["priced"] == "no")  # unknown, not zero
     shown = dashboard_total(client, query)
     assert exact == shown  # the page carries the exact total; the CSV's rows add up to it
     assert exact.quantize(Decimal("0.01")) == shown.quantize(Decimal("0.01"))
@@ -105,6 +106,7 @@ def test_rows_are_team_by_month_with_tokens_and_unpriced_calls(client, superuser
         "team",
         "team_id",
         "cost_usd",
+        "priced",
         "input_tokens",
         "output_tokens",
         "spans",
@@ -117,6 +119,7 @@ def test_rows_are_team_by_month_with_tokens_and_unpriced_calls(client, superuser
         ("2026-03", "Beta", "beta"),
     ]
     assert all(re.fullmatch(r"\d+\.\d{6}", r["cost_usd"]) for r in rows)
+    assert {r["priced"] for r in rows} == {"partly", "yes"}  # Alpha's house-llama calls have no price
     alpha = [r for r in rows if r["team"] == "Alpha"]
     assert sum(int(r["spans"]) for r in alpha) == SPANS
     unpriced = len([n for n in range(SPANS) if n % 3 == 2])  # house-llama has no price
@@ -133,7 +136,7 @@ def test_rows_are_team_by_month_with_tokens_and_unpriced_calls(client, superuser
 def test_any_dimension_by_day(client, superuser, team, spans) -> None:
     client.force_login(superuser)
     rows = read(client.get("/finops/chargeback.csv?range=7d&team=alpha&by=agent&by=tag&bucket=day"))
-    assert list(rows[0])[:6] == ["period", "agent", "agent_id", "tag", "cost_usd", "input_tokens"]
+    assert list(rows[0])[:6] == ["period", "agent", "agent_id", "tag", "cost_usd", "priced"]
     assert {r["agent"] for r in rows} == {"Refund desk"}
     assert {r["tag"] for r in rows} == {"cockpit.cost_center=claims", "cockpit.cost_center=support"}
     assert sorted({r["period"] for r in rows}) == [f"2026-03-{d:02d}" for d in range(4, 11)]

@@ -9,14 +9,19 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 
 from cockpit.audit import Actor
 from cockpit.services import api_key_create
 from finops import selectors
-from finops.models import CostRollup
+from finops.models import CostRollup, PriceOverride
 from finops.rollups import hour_of
+from finops.services import price_override_save, spans_reprice
+from fleet.models import ModelProvider, ProviderKind, Step
+from fleet.providers import registry as providers
 from tests.finops.conftest import T, span_row, write
 from tests.support import otel
+from tests.support.provider_servers import anthropic_message
 from tests.traces.conftest import post
 from traces.models import Span, Trace
 
@@ -67,6 +72,76 @@ def test_cached_tokens_from_openinference_are_priced_lower(client, ingest_key) -
     assert span.cost == Decimal("0.005035")
     rollup = CostRollup.objects.get(model="claude-sonnet-4-5")
     assert rollup.cache_read_tokens == 1024 and rollup.cost == span.cost
+
+
+@pytest.mark.parametrize(
+    "write_attribute",
+    ["gen_ai.usage.cache_creation.input_tokens", "llm.token_count.prompt_details.cache_write"],
+)
+def test_cache_writes_are_priced_at_the_cache_write_rate(client, ingest_key, write_attribute) -> None:  # noqa: ANN001
+    capture = otel.Capture()
+    with capture.span(
+        "chat claude",
+        0,
+        100,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": "claude-sonnet-4-20250514",
+            "gen_ai.usage.input_tokens": 10_000,
+            "gen_ai.usage.output_tokens": 1_000,
+            "gen_ai.usage.cache_read.input_tokens": 2_000,
+            write_attribute: 6_000,
+        },
+    ):
+        pass
+    assert post(client, ingest_key, otel.protobuf(capture.spans)).status_code == 200
+    span = Span.objects.get(span_type="llm")
+    assert span.cache_write_tokens == 6_000
+    # 2,000 fresh × $3 + 6,000 written × $3.75 + 2,000 read × $0.30 + 1,000 out × $15, per M
+    # (as plain input the writes would come to $0.039600).
+    assert span.cost == Decimal("0.044100")
+    assert CostRollup.objects.get().cost == span.cost
+
+
+def test_reasoning_and_audio_tokens_are_priced_at_the_models_own_rates(client, ingest_key) -> None:  # noqa: ANN001
+    capture = otel.Capture()
+    with capture.span(
+        "ChatOpenAI",
+        0,
+        100,
+        {
+            "openinference.span.kind": "LLM",
+            "llm.provider": "openai",
+            "llm.model_name": "gpt-audio",
+            "llm.token_count.prompt": 3_000,
+            "llm.token_count.completion": 2_000,
+            "llm.token_count.prompt_details.audio": 1_000,
+            "llm.token_count.completion_details.audio": 1_500,
+        },
+    ):
+        pass
+    with capture.span(
+        "chat sonar-deep-research",
+        200,
+        300,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "perplexity",
+            "gen_ai.request.model": "sonar-deep-research",
+            "gen_ai.usage.input_tokens": 1_000,
+            "gen_ai.usage.output_tokens": 2_000,
+            "gen_ai.usage.reasoning.output_tokens": 1_500,
+        },
+    ):
+        pass
+    assert post(client, ingest_key, otel.protobuf(capture.spans)).status_code == 200
+    audio, research = _llm_spans()
+    assert (audio.input_audio_tokens, audio.output_audio_tokens, research.reasoning_tokens) == (1_000, 1_500, 1_500)
+    # gpt-audio: text $2.50 in / $10 out, audio $32 in / $64 out, per M (as text: $0.027500).
+    assert audio.cost == Decimal("0.138000")
+    # sonar-deep-research: $2 in, $8 out, reasoning $3, per M (reasoning as output: $0.018000).
+    assert research.cost == Decimal("0.010500")
 
 
 def test_an_unknown_model_stays_unpriced_and_is_listed(client, ingest_key, team, admin_user) -> None:  # noqa: ANN001
@@ -152,6 +227,50 @@ def test_managed_runs_spans_carry_the_steps_cost_into_rollups(make_agent, start,
     assert rollup.cost == run.cost
     assert rollup.agent_id == agent.pk and rollup.workflow == "finops-spender" and rollup.provider == "simulated"
     assert rollup.agent_version == "1.0.0" and rollup.llm_spans == 3
+
+
+def test_anthropic_cache_writes_in_managed_runs_are_journaled_carried_and_repriced(
+    anthropic_server, make_agent, start, execute
+) -> None:  # noqa: ANN001
+    ModelProvider.objects.create(
+        name="claude", kind=ProviderKind.ANTHROPIC, base_url=anthropic_server.url, api_key_env="", timeout_seconds=2
+    )
+    providers.forget()
+    model = "claude-sonnet-4-20250514"
+    anthropic_server.script(
+        anthropic_message(
+            "ok",
+            model=model,
+            input_tokens=2_000,
+            output_tokens=1_000,
+            cache_read_input_tokens=2_000,
+            cache_creation_input_tokens=6_000,
+        )
+    )
+    run = execute(start(make_agent(primary_model=f"claude/{model}"), n=1))
+    assert run.status == "succeeded", run.error
+    step = Step.objects.get(run=run, kind="llm")
+    assert (step.tokens_in, step.cached_tokens, step.cache_write_tokens) == (10_000, 2_000, 6_000)
+    # 2,000 fresh × $3 + 6,000 written × $3.75 + 2,000 read × $0.30 + 1,000 out × $15, per M.
+    assert step.cost == run.cost == Decimal("0.044100")
+    span = Span.objects.get(span_type="llm")
+    assert (span.cache_read_tokens, span.cache_write_tokens, span.cost) == (2_000, 6_000, step.cost)
+    # A negotiated price: repricing reads the span's cache writes and prices them at its rate.
+    price_override_save(
+        actor=Actor.system("tests"),
+        override=PriceOverride(
+            model=model,
+            effective_from=span.start_time - timedelta(days=1),
+            input_per_mtok=Decimal("1"),
+            output_per_mtok=Decimal("5"),
+            cache_read_per_mtok=Decimal("0.10"),
+            cache_write_per_mtok=Decimal("2"),
+        ),
+    )
+    spans_reprice(actor=Actor.system("tests"), since=span.start_time - timedelta(hours=1), until=timezone.now())
+    span.refresh_from_db()
+    # 2,000 × $1 + 6,000 × $2 + 2,000 × $0.10 + 1,000 × $5, per M.
+    assert span.cost == Decimal("0.019200") == CostRollup.objects.get(model=model).cost
 
 
 def test_spans_naming_no_agent_are_charged_to_their_traces_agent_even_when_it_arrives_later(team) -> None:  # noqa: ANN001

@@ -3,12 +3,16 @@ admin overrides with effective dates, audited."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import random
+import warnings
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
+from genai_prices import Usage as GenaiUsage
+from genai_prices import calc_price, data_snapshot
 
 from cockpit.models import AuditEvent
 from finops import prices
@@ -46,43 +50,85 @@ def test_cached_input_tokens_cost_less() -> None:
     assert prices.price(provider="openai", model="gpt-4o", usage=cached) == Decimal("0.006500")
 
 
+def calc_price_of(provider: str, model: str, usage: Usage, at: datetime) -> Decimal | None:
+    """genai-prices' own figure, its usage built here by hand (not with the code under test)."""
+    counts = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "input_audio_tokens": usage.input_audio_tokens,
+        "output_reasoning_tokens": usage.reasoning_tokens,
+        "output_audio_tokens": usage.output_audio_tokens,
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = calc_price(
+                GenaiUsage(**{k: v for k, v in counts.items() if v}),
+                model,
+                provider_id=provider,
+                genai_request_timestamp=at,
+            )
+    except (LookupError, ValueError):
+        return None
+    return Decimal(found.total_price).quantize(prices.COST_PLACES)
+
+
 def test_every_model_is_priced_exactly_as_genai_prices_prices_it() -> None:
     """Ingest prices most spans from per-model rates read once; they must give calc_price's
-    figure to the micro-dollar, for every model of the snapshot, tiers and cache writes included."""
-    import random
-    from datetime import UTC, datetime
-
-    from genai_prices import data_snapshot
-
+    figure to the micro-dollar, for every model of the snapshot and every kind of token (cache
+    reads and writes, reasoning, audio), tiers included; where calc_price cannot price the
+    counts, neither do we (unpriced, not a guess)."""
     rng = random.Random(7)
     at = datetime(2026, 6, 1, tzinfo=UTC)
-    compared = 0
+    compared = refused = 0
     for provider in data_snapshot.get_snapshot().providers:
         for model in provider.models:
-            found = prices._library_match(provider.id, model.id)
-            if found is None:
+            if prices._library_match(provider.id, model.id) is None:
                 continue
-            for _ in range(2):
+            for _ in range(3):
                 inp = rng.choice([0, rng.randint(1, 5_000), rng.randint(150_000, 400_000)])
                 read = rng.randint(0, inp)
+                write = rng.randint(0, inp - read)
+                out = rng.randint(0, 20_000)
+                reasoning = rng.choice([0, rng.randint(0, out)])
                 usage = Usage(
                     input_tokens=inp,
-                    output_tokens=rng.randint(0, 20_000),
+                    output_tokens=out,
                     cache_read_tokens=read,
-                    cache_write_tokens=rng.randint(0, inp - read),
+                    cache_write_tokens=write,
+                    input_audio_tokens=rng.choice([0, 0, rng.randint(0, inp - read - write)]),
+                    reasoning_tokens=reasoning,
+                    output_audio_tokens=rng.choice([0, 0, rng.randint(0, out - reasoning)]),
                 )
-                try:
-                    direct = prices._calc(found[0], found[1], inp, usage.output_tokens, read, usage, at)
-                except Exception:  # noqa: BLE001, S112 - genai-prices cannot price this usage at all
-                    continue
-                fast = prices._library_price(provider.id, model.id, usage, at)
-                assert fast is not None and fast.quantize(prices.COST_PLACES) == direct.quantize(prices.COST_PLACES), (
-                    provider.id,
-                    model.id,
-                    usage,
-                )
+                want = calc_price_of(provider.id, model.id, usage, at)
+                got = prices.price(provider=provider.id, model=model.id, usage=usage, at=at)
+                assert got == want, (provider.id, model.id, usage)
                 compared += 1
-    assert compared > 2000
+                refused += want is None
+    assert compared > 3000 and refused < compared / 100
+
+
+def test_cache_writes_are_priced_at_the_cache_write_rate_not_as_plain_input() -> None:
+    # claude-sonnet-4: $3/M input, $3.75/M cache write, $0.30/M cache read, $15/M output.
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    usage = Usage(input_tokens=10_000, output_tokens=1_000, cache_read_tokens=2_000, cache_write_tokens=6_000)
+    got = prices.price(provider="anthropic", model="claude-sonnet-4-20250514", usage=usage, at=at)
+    # 2,000 fresh × $3 + 6,000 written × $3.75 + 2,000 read × $0.30 + 1,000 out × $15, per M.
+    assert got == Decimal("0.044100") == calc_price_of("anthropic", "claude-sonnet-4-20250514", usage, at)
+
+
+def test_counts_larger_than_their_total_are_read_as_far_as_the_total_allows() -> None:
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    odd = Usage(
+        input_tokens=1_000, output_tokens=100, cache_read_tokens=800, cache_write_tokens=900, reasoning_tokens=500
+    )
+    fixed = Usage(
+        input_tokens=1_000, output_tokens=100, cache_read_tokens=800, cache_write_tokens=200, reasoning_tokens=100
+    )
+    got = prices.price(provider="anthropic", model="claude-sonnet-4-20250514", usage=odd, at=at)
+    assert got is not None and got == calc_price_of("anthropic", "claude-sonnet-4-20250514", fixed, at)
 
 
 def test_opentelemetry_provider_names_are_matched() -> None:
@@ -137,6 +183,28 @@ def test_override_cached_token_price() -> None:
     assert prices.price(provider="", model="house-model", usage=usage, at=T) == Decimal("0.000460")
 
 
+def test_override_prices_every_kind_of_token_at_its_own_rate() -> None:
+    row = override("house-model", "1.00", "4.00", cached="0.10")
+    row.cache_write_per_mtok, row.reasoning_per_mtok = Decimal("1.25"), Decimal("8.00")
+    row.input_audio_per_mtok, row.output_audio_per_mtok = Decimal("10.00"), Decimal("20.00")
+    price_override_save(actor=SYSTEM, override=row)
+    usage = Usage(
+        input_tokens=10_000,
+        output_tokens=1_000,
+        cache_read_tokens=4_000,
+        cache_write_tokens=2_000,
+        input_audio_tokens=1_000,
+        reasoning_tokens=300,
+        output_audio_tokens=200,
+    )
+    # 3,000 × $1 + 4,000 × $0.10 + 2,000 × $1.25 + 1,000 × $10 + 500 × $4 + 300 × $8 + 200 × $20, per M.
+    assert prices.price(provider="", model="house-model", usage=usage, at=T) == Decimal("0.024300")
+    # Rates left empty are the input and output prices.
+    plain = override("plain-model", "1.00", "4.00")
+    assert plain.cache_write_per_mtok is None
+    assert prices.price(provider="", model="plain-model", usage=usage, at=T) == Decimal("0.014000")
+
+
 def test_override_changes_are_audited_and_deletion_too() -> None:
     row = override("house-model", "1.00", "4.00")
     row.output_per_mtok = Decimal("3.00")
@@ -156,6 +224,11 @@ def test_override_changes_are_audited_and_deletion_too() -> None:
 def test_a_negative_price_is_refused() -> None:
     with pytest.raises(ValidationError):
         override("house-model", "-1", "1")
+    for rate in ("cache_write_per_mtok", "reasoning_per_mtok", "input_audio_per_mtok", "output_audio_per_mtok"):
+        row = PriceOverride(model="house-model", effective_from=T, input_per_mtok=1, output_per_mtok=1)
+        setattr(row, rate, Decimal("-0.5"))
+        with pytest.raises(ValidationError):
+            price_override_save(actor=SYSTEM, override=row)
     assert not PriceOverride.objects.exists()
 
 

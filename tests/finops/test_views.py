@@ -274,6 +274,17 @@ def test_unpriced_models_are_listed_as_unknown_never_as_zero(client, admin_user,
     assert spender.group.key == "house-llama"
 
 
+def test_the_unpriced_list_links_each_model_to_its_price_override_form(client, superuser, team, spend) -> None:  # noqa: ANN001
+    costdata.rollup(team, at=NOW, agent=spend["refund"], model="house-llama", provider="vllm", cost="0", unpriced=4)
+    client.force_login(superuser)
+    link = re.search(
+        r'href="([^"]*priceoverride/add/[^"]*)">set its price<', client.get("/finops/?team=").content.decode()
+    )
+    assert link and "model=house-llama" in link.group(1) and "provider=vllm" in link.group(1)
+    form = client.get(link.group(1).replace("&amp;", "&")).content.decode()
+    assert 'name="model" value="house-llama"' in form and 'name="provider" value="vllm"' in form
+
+
 def test_an_empty_period_says_so(client, admin_user, spend) -> None:
     client.force_login(admin_user)
     response = client.get("/finops/?range=custom&since=2025-12-01&until=2025-12-02")
