@@ -1182,7 +1182,7 @@ def run_report(*, actor: Actor, run: Run, report: dict[str, Any]) -> Run:
         if refusal is not None:
             status, error = StepStatus.FAILED, f"approval does not match the action: {refusal['why']}"
             output = {"error_type": "ApprovalMismatch", "reported_status": report.get("status"), **refusal}
-        step = Step.objects.create(
+        Step.objects.create(
             run=run,
             seq=seq,
             kind=step_kind,
