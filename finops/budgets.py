@@ -30,8 +30,10 @@ out, and are purged later (``budget_holds_purge``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterable
@@ -64,7 +66,8 @@ logger = logging.getLogger(__name__)
 
 RUNTIME_SCOPE = "cockpit.fleet"  # instrumentation scope of the runtime's spans (fleet.telemetry)
 BUDGET_CACHE_SECONDS = 2.0
-WAIT_SECONDS = 0.02  # between two attempts at a reservation that fits once calls in flight settle
+WAIT_SECONDS = 0.02  # between two looks at a reservation that fits once calls in flight settle …
+WAIT_MAX_SECONDS = 0.25  # … growing to this
 WAIT_LIMIT_SECONDS = 600.0  # … and how long to keep trying before pausing the run instead
 COST_PLACES = Decimal("0.000001")
 ZERO = Decimal(0)
@@ -328,7 +331,9 @@ class FinopsBudgetGuard:
         if not spends:
             return verdict
         degrade: seams.BudgetVerdict | None = None
-        rows = BudgetSpend.objects.filter(pk__in=spends).values_list("pk", "spent", "period", "budget__limit_usd")
+        rows = BudgetSpend.objects.filter(pk__in=spends, budget__active=True).values_list(
+            "pk", "spent", "period", "budget__limit_usd"
+        )
         for spend_id, spent, period, limit in sorted(rows):
             budget = spends[spend_id]
             if budget.period == BudgetPeriod.RUN:
@@ -352,19 +357,33 @@ class FinopsBudgetGuard:
         waited_since = time.monotonic()
         while True:
             outcome = _reserve_once(run, owner, seq, amount, spends, degraded=degraded)
+            if outcome is STALE:
+                forget_budgets()
+                spends = _covering(run)
+                if not spends:
+                    return Reservation(run.pk, {}, [], OK)
+                continue
             if isinstance(outcome, list):
                 return Reservation(run.pk, spends, outcome, OK)
             if outcome is not None:
                 return Reservation(run.pk, spends, [], outcome)
-            if time.monotonic() - waited_since > WAIT_LIMIT_SECONDS:
-                stuck = seams.BudgetVerdict("pause", reason="budget_exceeded: the calls in flight never ended")
-                return Reservation(run.pk, spends, [], stuck)
-            if not connection.in_atomic_block:
-                connection.close()  # the calls this waits for need connections to settle
-            time.sleep(WAIT_SECONDS)
+            # Wait for calls in flight to settle, looking without locks (and backing off), so
+            # that waiting runs do not queue on the counters' locks the settlements need.
+            delay = WAIT_SECONDS
+            while True:
+                if time.monotonic() - waited_since > WAIT_LIMIT_SECONDS:
+                    stuck = seams.BudgetVerdict("pause", reason="budget_exceeded: the calls in flight never ended")
+                    return Reservation(run.pk, spends, [], stuck)
+                if not connection.in_atomic_block:
+                    connection.close()  # the calls this waits for need connections to settle
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 1.5, WAIT_MAX_SECONDS)
+                if _reserve_once(run, owner, seq, amount, spends, degraded=degraded, peek=True) is not None:
+                    break
 
 
 OK = seams.BudgetVerdict("ok")
+STALE = seams.BudgetVerdict("ok", reason="stale")  # (a sentinel: the spend rows changed)
 
 
 def _live_sql(now_param: str) -> str:
@@ -379,18 +398,19 @@ def _live_sql(now_param: str) -> str:
 
 
 def _reserve_once(
-    run: Run, owner: str, seq: int, amount: Decimal, spends: dict[int, Budget], *, degraded: bool
-) -> list[int] | seams.BudgetVerdict | None:
+    run: Run, owner: str, seq: int, amount: Decimal, spends: dict[int, Budget], *, degraded: bool, peek: bool = False
+) -> list[int] | seams.BudgetVerdict | None:  # (or STALE)
     """One attempt, in one short transaction: lock the spend rows (in id order), then — in a
     statement that sees everything committed before the locks were granted — sum the live
     reservations and insert this one if it fits everywhere. Returns the reservation ids, the
-    verdict that refuses it, or ``None`` (fits once the calls in flight settle: try again)."""
+    verdict that refuses it, or ``None`` (fits once the calls in flight settle: try again).
+    ``peek``: only look, without locks: ``None`` while it would still wait, else ``STALE``."""
     ids = sorted(spends)
     spend_table, budget_table = BudgetSpend._meta.db_table, Budget._meta.db_table
     placeholders = ", ".join(["%s"] * len(ids))
-    lock = " FOR UPDATE OF s" if connection.vendor == "postgresql" else ""
+    lock = " FOR UPDATE OF s" if connection.vendor == "postgresql" and not peek else ""
     now = timezone.now()
-    with transaction.atomic(), connection.cursor() as cursor:
+    with contextlib.nullcontext() if peek else transaction.atomic(), connection.cursor() as cursor:
         # Reads in a later statement of this transaction see what the holders of these locks
         # committed (READ COMMITTED takes a snapshot per statement): taking the locks and
         # reading the reservations in one statement would miss those committed while it waited.
@@ -401,8 +421,7 @@ def _reserve_once(
         )
         rows = cursor.fetchall()
         if len(rows) < len(ids):
-            forget_spend_cache()  # a budget was deleted meanwhile; the next call starts afresh
-            return []
+            return STALE  # a budget was deleted meanwhile
         cursor.execute(
             f"SELECT h.spend_id, COALESCE(SUM(h.amount), 0) {_live_sql('%s')} "
             f"WHERE h.spend_id IN ({placeholders}) GROUP BY h.spend_id",
@@ -430,6 +449,8 @@ def _reserve_once(
                 continue
             reason = _reason(budget, spent, period, limit)
             refused.append((budget, f"{reason}; the next call may cost up to ${amount:.4f}", period))
+        if peek:
+            return None if wait and not refused else STALE
         if refused:
             verdicts = [_at_cap(budget, run, reason) for budget, reason, _ in refused]
             verdict = next((v for v in verdicts if v.verdict == "pause"), verdicts[0])

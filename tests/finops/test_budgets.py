@@ -301,6 +301,22 @@ def test_a_call_that_does_not_fit_even_with_nothing_in_flight_is_refused_at_once
     assert fits.verdict.verdict == "ok"  # exactly the limit fits
 
 
+def test_a_budget_deleted_meanwhile_does_not_let_a_call_skip_the_others(make_agent, team) -> None:  # noqa: ANN001
+    from finops.budgets import FinopsBudgetGuard
+
+    kept = budget(name="kept", team=team, limit_usd="1", period=BudgetPeriod.DAY)
+    gone = budget(name="gone", team=team, limit_usd="1", period=BudgetPeriod.MONTH)
+    run = _leased(make_agent(), "worker-1")
+    guard = FinopsBudgetGuard()
+    guard.reserve(run=run, owner="worker-1", seq=1, amount=Decimal("0.1")).settle(Decimal("0.1"))
+    Budget.objects.filter(pk=gone.pk).delete()  # elsewhere: this process still has it cached
+    held = guard.reserve(run=run, owner="worker-1", seq=2, amount=Decimal("0.95"))
+    assert held.verdict.verdict == "pause" and f"[budget #{kept.pk}]" in held.verdict.reason
+    held = guard.reserve(run=run, owner="worker-1", seq=2, amount=Decimal("0.2"))
+    assert held.verdict.verdict == "ok"
+    assert list(BudgetReservation.objects.values_list("spend__budget", flat=True)) == [kept.pk]
+
+
 def test_budgets_of_other_teams_and_agents_do_not_apply(make_agent, start, execute, team, other_team) -> None:  # noqa: ANN001
     agent = make_agent()
     elsewhere = make_agent("other-bot", owner=other_team)
