@@ -163,7 +163,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
 @admin.register(BudgetSpend)
 class BudgetSpendAdmin(ReadOnlyAdmin):
-    list_display = ["budget", "period", "spent", "max_step_cost", "updated_at"]
+    list_display = ["budget", "period", "spent", "updated_at"]
     list_filter = ["budget"]
 
 

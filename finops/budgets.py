@@ -1,51 +1,63 @@
-"""Budget enforcement: the budget guard the runtime asks before every step, and the spend
-counters it reads.
+"""Budget enforcement: the budget guard the runtime asks before every step and every LLM call,
+and the spend counters it reads.
 
 Where spend is counted (``BudgetSpend``, one row per budget and period):
 
-* a managed run's LLM step is charged the moment its cost is known — the runtime prices it
-  through the pricer seam right after the model answers, in the thread that checked the step,
-  and ``step_priced`` charges the budgets that check found;
+* a managed run's LLM call is charged when it ends: the runtime settles the call's
+  reservation (below) to its real cost, priced through the pricer seam;
 * every other span with a cost (external agents) is charged when it is stored
   (``charge_spans``, in the span store's transaction). Spans of Cockpit's own runtime are not
   charged again there.
 
-How the cap holds with concurrent runs. Before an LLM step the guard locks the budget's
-counter row and looks at the steps *in flight* (``BudgetHold``: admitted, not yet paid for):
+How the hard cap holds — zero overshoot, with parallel calls and concurrent runs. Before each
+LLM call the runtime asks for a *reservation* of the call's worst case (its input tokens,
+counted or bounded from above, plus ``max_tokens`` or the model's maximum output, at the
+model's prices). In one short transaction the guard locks the spend rows of every budget
+covering the run and reserves the amount against all of them, or none:
 
-* spent ≥ limit → the cap applies (pause, or degrade to a cheaper model);
-* nothing in flight → admitted (this one step may overshoot: the bound the issue allows);
-* else admitted only if ``spent + in-flight estimates + this step's estimate < limit``, where a
-  step's estimate is 1.5 × the costliest step seen by the budget (unknown before the first
-  step of a budget is paid: steps then go one at a time); otherwise the check waits for the
-  steps in flight to be paid (tens of ms to a model call's length) and looks again.
+* ``spent + live reservations + this call's worst case ≤ limit`` everywhere → reserved
+  (``BudgetReservation`` rows); the call is made;
+* it would fit only once the calls in flight settle below their worst case → wait and try
+  again (a model call's length at most);
+* else → refused: the run pauses (``budget_exceeded``), or degrades to a cheaper model when the
+  budget says so (a degrade budget then stops refusing that run's calls).
 
-So the spend can exceed the limit by one step's cost — plus, in the admitted-in-parallel case,
-only what steps cost beyond 1.5 × the costliest seen. A hold ends when its cost is charged,
-when its run's next step is checked, when the run is no longer running, or after
-``HOLD_SECONDS``.
+When the call ends, ``Reservation.settle`` deletes the rows and adds the real cost (never more
+than the worst case) in one transaction, once. A reservation counts only while the worker that
+took it holds the run's lease: a killed worker's reservations stop counting when its lease runs
+out, and are purged later (``budget_holds_purge``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from finops.models import Budget, BudgetAction, BudgetHold, BudgetPeriod, BudgetScope, BudgetSpend, run_period_key
+from finops.models import (
+    Budget,
+    BudgetAction,
+    BudgetPeriod,
+    BudgetReservation,
+    BudgetScope,
+    BudgetSpend,
+    run_period_key,
+)
 from finops.rollups import Dimensions, tags_of
 from fleet import seams
-from fleet.models import RunStatus, split_model_ref
+from fleet.models import split_model_ref
 
 if TYPE_CHECKING:
     from fleet.models import Run
@@ -53,10 +65,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RUNTIME_SCOPE = "cockpit.fleet"  # instrumentation scope of the runtime's spans (fleet.telemetry)
-HOLD_SECONDS = 180
 BUDGET_CACHE_SECONDS = 2.0
-ESTIMATE_MARGIN = Decimal("1.5")
-WAIT_SECONDS = 0.02
+WAIT_SECONDS = 0.02  # between two looks at a reservation that fits once calls in flight settle …
+WAIT_MAX_SECONDS = 0.25  # … growing to this
+WAIT_LIMIT_SECONDS = 600.0  # … and how long to keep trying before pausing the run instead
+COST_PLACES = Decimal("0.000001")
 ZERO = Decimal(0)
 
 
@@ -160,13 +173,8 @@ def db_time(value: datetime | None) -> Any:
     return None if value is None else connection.ops.adapt_datetimefield_value(value)
 
 
-def _greatest(a: str, b: str) -> str:
-    return f"GREATEST({a}, {b})" if connection.vendor == "postgresql" else f"MAX({a}, {b})"
-
-
 def spend_ids(wanted: Iterable[tuple[Budget, str, datetime | None, datetime | None]]) -> dict[tuple[int, str], int]:
-    """The ids of the spend rows of (budget, period), created (carrying the budget's last known
-    step cost) where missing."""
+    """The ids of the spend rows of (budget, period), created where missing."""
     found: dict[tuple[int, str], int] = {}
     missing = []
     for budget, period, start, end in wanted:
@@ -181,11 +189,9 @@ def spend_ids(wanted: Iterable[tuple[Budget, str, datetime | None, datetime | No
         with connection.cursor() as cursor:
             for budget, period, start, end in missing:
                 cursor.execute(
-                    f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, max_step_cost, "
-                    f"updated_at) VALUES (%s, %s, %s, %s, 0, (SELECT max_step_cost FROM {table} "
-                    f"WHERE budget_id = %s AND max_step_cost IS NOT NULL ORDER BY updated_at DESC LIMIT 1), %s) "
-                    "ON CONFLICT (budget_id, period) DO NOTHING",
-                    [budget.pk, period, db_time(start), db_time(end), budget.pk, db_time(now)],
+                    f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, updated_at) "
+                    "VALUES (%s, %s, %s, %s, 0, %s) ON CONFLICT (budget_id, period) DO NOTHING",
+                    [budget.pk, period, db_time(start), db_time(end), db_time(now)],
                 )
         rows = BudgetSpend.objects.filter(
             Q(*[Q(budget_id=b.pk, period=p) for b, p, _, _ in missing], _connector=Q.OR)
@@ -200,22 +206,6 @@ def forget_spend_cache() -> None:
 
 
 # --- The guard --------------------------------------------------------------------------------
-
-
-@dataclass
-class PendingStep:
-    """An admitted LLM step waiting for its cost: which counters to charge, which to release."""
-
-    run_id: int
-    spends: dict[int, Budget]  # spend id -> budget
-    held: list[int] = field(default_factory=list)
-
-
-class _Local(threading.local):
-    step: PendingStep | None = None
-
-
-_local = _Local()
 
 
 def _reason(budget: Budget, spent: Decimal, period: str, limit: Decimal | None = None) -> str:
@@ -263,14 +253,65 @@ def _provider_system(name: str) -> str:
     return {"openai": "openai", "anthropic": "anthropic", "simulated": "simulated"}.get(kind or "", name)
 
 
-def _at_cap(budget: Budget, run: Run, spent: Decimal, period: str, limit: Decimal) -> seams.BudgetVerdict:
-    reason = _reason(budget, spent, period, limit)
+def _at_cap(budget: Budget, run: Run, reason: str) -> seams.BudgetVerdict:
     if budget.action == BudgetAction.DEGRADE:
         model = cheaper_fallback(run)
         if model:
             return seams.BudgetVerdict("degrade", reason=f"{reason}; degraded to {model}", model=model)
         return seams.BudgetVerdict("pause", reason=f"{reason} (no cheaper fallback model to degrade to)")
     return seams.BudgetVerdict("pause", reason=reason)
+
+
+def _covering(run: Run) -> dict[int, Budget]:
+    """The spend rows (id -> budget) of the active budgets covering the run now."""
+    subject = run_subject(run)
+    budgets = [b for b in budgets_of_team(run.team_id) if applies(b, subject)]
+    if not budgets:
+        return {}
+    now = timezone.now()
+    wanted = []
+    for budget in budgets:
+        period, start, end = budget.period_for(now, run.pk)
+        wanted.append((budget, period, start, end))
+    ids = spend_ids(wanted)
+    return {ids[(b.pk, p)]: b for b, p, _, _ in wanted}
+
+
+class Reservation:
+    """An LLM call's worst case held against the budgets covering its run (``ids``: the
+    reservation rows), or the verdict that refused it. ``settle`` charges the real cost and
+    ends the reservation; ``release`` ends it without a charge (the call was not made). Either
+    happens once: a second call, or a retry of a step whose reservation was settled by another
+    worker, charges nothing."""
+
+    def __init__(self, run_id: int, spends: dict[int, Budget], ids: list[int], verdict: seams.BudgetVerdict) -> None:
+        self.run_id = run_id
+        self.spends = spends
+        self.ids = ids
+        self.verdict = verdict
+        self._done = not spends or verdict.verdict != "ok"
+        self._lock = threading.Lock()
+
+    def _take(self) -> bool:
+        with self._lock:
+            done, self._done = self._done, True
+        return not done
+
+    def settle(self, cost: Decimal | None) -> None:
+        if not self._take():
+            return
+        try:
+            crossed = _settle(self, cost or ZERO)
+            _evaluate_on_commit(crossed, [self.run_id])
+        except Exception:  # the call's answer matters more than the counter; reconcile fixes it
+            logger.exception("budget spend of run %s could not be charged", self.run_id)
+
+    def release(self) -> None:
+        if self._take() and self.ids:
+            try:
+                _settle(self, None)
+            except Exception:  # the reservation stops counting with the run's lease anyway
+                logger.exception("budget reservation of run %s could not be released", self.run_id)
 
 
 class FinopsBudgetGuard:
@@ -281,323 +322,199 @@ class FinopsBudgetGuard:
         self._run_guard = seams.RunBudgetGuard()
 
     def check(self, *, run: Run, step_kind: str) -> seams.BudgetVerdict:
-        release_pending()
+        """Before any step: is a budget covering the run spent? (A read: the reservation before
+        each LLM call is what holds the cap.)"""
         verdict = self._run_guard.check(run=run, step_kind=step_kind)
         if verdict.verdict != "ok":
             return verdict
-        subject = run_subject(run)
-        budgets = [b for b in budgets_of_team(run.team_id) if applies(b, subject)]
-        if not budgets:
+        spends = {i: b for i, b in _covering(run).items() if b.enforces}
+        if not spends:
             return verdict
-        now = timezone.now()
-        wanted = []
-        for budget in budgets:
-            period, start, end = budget.period_for(now, run.pk)
-            wanted.append((budget, period, start, end))
-        ids = spend_ids(wanted)
-        spends = {ids[(b.pk, p)]: b for b, p, _, _ in wanted}
-        enforcing = {spend_id: b for spend_id, b in spends.items() if b.enforces}
-        held: list[int] = []
-        capped: seams.BudgetVerdict | None = None
-        if enforcing:
-            capped, held = _admit(run, enforcing, hold=step_kind == "llm")
-            if capped is not None and capped.verdict == "pause":
-                return capped
-        if step_kind == "llm":
-            _local.step = PendingStep(run.pk, spends, held)
-        return capped or verdict
-
-
-def _lock_spends(
-    ids: list[int], run_id: int, now: datetime, *, holds: bool
-) -> dict[int, tuple[Decimal, Decimal | None, str, Decimal, bool, int, Decimal, int]]:
-    """Lock the spend rows and read, in one statement: spent, costliest step, period, the
-    budget's limit and whether it is active, and the steps in flight (count, estimates' sum,
-    how many have an estimate) of other runs still running."""
-    from fleet.models import Run
-
-    spend, budget, hold, run = (
-        BudgetSpend._meta.db_table,
-        Budget._meta.db_table,
-        BudgetHold._meta.db_table,
-        Run._meta.db_table,
-    )
-    placeholders = ", ".join(["%s"] * len(ids))
-    params: list[Any] = []
-    if holds:
-        live = (
-            f"FROM {hold} h JOIN {run} r ON r.id = h.run_id WHERE h.spend_id = s.id AND h.run_id <> %s "
-            "AND h.expires_at > %s AND r.status = %s"
-        )
-        in_flight = (
-            f"(SELECT COUNT(*) {live}), (SELECT COALESCE(SUM(h.amount), 0) {live}), (SELECT COUNT(h.amount) {live})"
-        )
-        params = [run_id, db_time(now), RunStatus.RUNNING] * 3
-    else:
-        in_flight = "0, 0, 0"
-    lock = " FOR UPDATE OF s" if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT s.id, s.spent, s.max_step_cost, s.period, b.limit_usd, b.active, {in_flight} "
-            f"FROM {spend} s JOIN {budget} b ON b.id = s.budget_id WHERE s.id IN ({placeholders}) ORDER BY s.id{lock}",
-            [*params, *ids],
-        )
-        return {
-            row[0]: (
-                Decimal(str(row[1])),
-                None if row[2] is None else Decimal(str(row[2])),
-                row[3],
-                Decimal(str(row[4])),
-                bool(row[5]),
-                int(row[6]),
-                Decimal(str(row[7])),
-                int(row[8]),
-            )
-            for row in cursor.fetchall()
-        }
-
-
-def _admit(run: Run, budgets: dict[int, Budget], *, hold: bool) -> tuple[seams.BudgetVerdict | None, list[int]]:
-    """Admit the run's next step against the budgets that enforce a cap: returns the cap's
-    verdict if one is reached, else ``None`` and the holds taken (LLM steps only)."""
-    if connection.vendor == "postgresql":
-        return _admit_in_one_statement(run, budgets, hold=hold)
-    ids = sorted(budgets)
-    calendar = [i for i in ids if budgets[i].period != BudgetPeriod.RUN]
-    waited_since = time.monotonic()
-    while True:
-        now = timezone.now()
-        with transaction.atomic():
-            rows = _lock_spends(ids, run.pk, now, holds=hold and bool(calendar))
-            if len(rows) < len(ids):
-                forget_spend_cache()  # a budget was deleted meanwhile; the next check starts afresh
-                return None, []
-            degrade: seams.BudgetVerdict | None = None
-            for spend_id in ids:
-                spent, _, period, limit, active, _, _, _ = rows[spend_id]
-                budget = budgets[spend_id]
-                if budget.period == BudgetPeriod.RUN:
-                    spent = max(spent, run.cost)
-                if active and spent >= limit:
-                    capped = _at_cap(budget, run, spent, period, limit)
-                    if capped.verdict == "pause":
-                        return capped, []
-                    degrade = degrade or capped
-            if degrade is not None or not hold or not calendar:
-                return degrade, []
-            estimates: dict[int, Decimal | None] = {}
-            blocked = False
-            for spend_id in calendar:
-                spent, max_step, _, limit, active, count, total, with_estimate = rows[spend_id]
-                estimate = None if max_step is None else max_step * ESTIMATE_MARGIN
-                estimates[spend_id] = estimate
-                if count == 0 or not active:
-                    continue
-                if estimate is None or with_estimate < count or spent + total + estimate >= limit:
-                    blocked = True
-                    break
-            if not blocked or time.monotonic() - waited_since > 2 * HOLD_SECONDS:
-                _hold(run.pk, estimates, now)
-                return None, calendar
-        time.sleep(WAIT_SECONDS)
-
-
-def _async_commit() -> str:
-    """A condition, always true, that makes the statement's own transaction commit without
-    waiting for the WAL to reach disk (``synchronous_commit = off`` for that transaction only;
-    never inside a caller's transaction). A database crash may then lose the last fraction of a
-    second of holds and counter updates: holds expire anyway, and ``finops_budget_rebuild``
-    recounts the counters from the rollups. A check costs one round trip this way."""
-    return "" if connection.in_atomic_block else " AND set_config('synchronous_commit', 'off', true) IS NOT NULL"
-
-
-def _admit_sql() -> str:
-    from fleet.models import Run
-
-    spend, budget, hold, run = (
-        BudgetSpend._meta.db_table,
-        Budget._meta.db_table,
-        BudgetHold._meta.db_table,
-        Run._meta.db_table,
-    )
-    live = (
-        f"FROM {hold} h JOIN {run} r ON r.id = h.run_id WHERE h.spend_id = s.id AND h.run_id <> %(run)s "
-        "AND h.expires_at > %(now)s AND r.status = 'running'"
-    )
-    return f"""
-        WITH locked AS (
-            SELECT s.id, s.spent, s.max_step_cost, s.period, b.limit_usd, b.active, b.period AS budget_period,
-                   f.n, f.total, f.n_estimated
-            FROM {spend} s JOIN {budget} b ON b.id = s.budget_id
-            CROSS JOIN LATERAL (
-                SELECT COUNT(*) AS n, COALESCE(SUM(h.amount), 0) AS total, COUNT(h.amount) AS n_estimated {live}
-            ) f
-            WHERE s.id = ANY(%(ids)s){{async_commit}}
-            ORDER BY s.id FOR UPDATE OF s
-        ),
-        decided AS (
-            SELECT COALESCE(bool_and(NOT active OR (
-                (CASE WHEN budget_period = 'run' THEN GREATEST(spent, %(run_cost)s) ELSE spent END) < limit_usd
-                AND (NOT %(hold)s OR budget_period = 'run' OR n = 0 OR (
-                    max_step_cost IS NOT NULL AND n_estimated = n
-                    AND spent + total + max_step_cost * %(margin)s < limit_usd)))), true) AS ok
-            FROM locked
-        ),
-        held AS (
-            INSERT INTO {hold} (spend_id, run_id, amount, created_at, expires_at)
-            SELECT id, %(run)s, max_step_cost * %(margin)s, %(now)s, %(expires)s FROM locked
-            WHERE %(hold)s AND budget_period <> 'run' AND (SELECT ok FROM decided)
-            ON CONFLICT (spend_id, run_id) DO UPDATE SET amount = excluded.amount,
-                created_at = excluded.created_at, expires_at = excluded.expires_at
-            RETURNING spend_id
-        )
-        SELECT l.id, l.spent, l.period, l.limit_usd, l.active, (SELECT ok FROM decided),
-               ARRAY(SELECT spend_id FROM held)
-        FROM locked l ORDER BY l.id
-    """
-
-
-def _prepared(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Run ``sql`` with server-side parameters, so that PostgreSQL prepares it after a few runs
-    and stops planning it every time (Django's cursors bind on the client)."""
-    import psycopg
-
-    connection.ensure_connection()
-    raw = connection.connection
-    with psycopg.Cursor(raw) as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def _admit_in_one_statement(
-    run: Run, budgets: dict[int, Budget], *, hold: bool
-) -> tuple[seams.BudgetVerdict | None, list[int]]:
-    """PostgreSQL: lock the counters, decide and take the holds in one statement (one round trip,
-    its own transaction), waiting and trying again while other runs' steps are in flight."""
-    ids = sorted(budgets)
-    sql = _admit_sql().replace("{async_commit}", _async_commit())
-    waited_since = time.monotonic()
-    while True:
-        now = timezone.now()
-        params = {
-            "ids": ids,
-            "run": run.pk,
-            "now": now,
-            "expires": now + timedelta(seconds=HOLD_SECONDS),
-            "run_cost": run.cost,
-            "hold": hold,
-            "margin": ESTIMATE_MARGIN,
-        }
-        rows = _prepared(sql, params)
-        if len(rows) < len(ids):
-            forget_spend_cache()  # a budget was deleted meanwhile; the next check starts afresh
-            return None, []
-        if rows[0][5]:
-            return None, sorted(rows[0][6])
         degrade: seams.BudgetVerdict | None = None
-        for spend_id, spent, period, limit, active, _, _ in rows:
-            budget = budgets[spend_id]
-            spent = Decimal(str(spent))
+        rows = BudgetSpend.objects.filter(pk__in=spends, budget__active=True).values_list(
+            "pk", "spent", "period", "budget__limit_usd"
+        )
+        for spend_id, spent, period, limit in sorted(rows):
+            budget = spends[spend_id]
             if budget.period == BudgetPeriod.RUN:
                 spent = max(spent, run.cost)
-            if active and spent >= limit:
-                capped = _at_cap(budget, run, spent, period, Decimal(str(limit)))
+            if spent >= limit:
+                capped = _at_cap(budget, run, _reason(budget, spent, period, limit))
                 if capped.verdict == "pause":
-                    return capped, []
+                    return capped
                 degrade = degrade or capped
-        if degrade is not None:
-            return degrade, []
-        if time.monotonic() - waited_since > 2 * HOLD_SECONDS:
-            params["margin"] = Decimal(0)  # give up waiting on holds that never end
-            BudgetHold.objects.filter(spend_id__in=ids, expires_at__lt=now).delete()
-        time.sleep(WAIT_SECONDS)
+        return degrade or verdict
+
+    def reserve(self, *, run: Run, owner: str, seq: int, amount: Decimal, degraded: bool = False) -> seams.Reservation:
+        """Reserve ``amount`` (an LLM call's worst case) against every budget covering the run,
+        all or none. A budget it does not fit refuses it (pause, or degrade per its action;
+        a degrade budget no longer refuses once the run is ``degraded``) — unless it would fit
+        once the calls in flight are settled: then this waits for them."""
+        spends = _covering(run)
+        if not spends:
+            return Reservation(run.pk, {}, [], OK)
+        amount = max(amount, ZERO).quantize(COST_PLACES, rounding=ROUND_CEILING)
+        waited_since = time.monotonic()
+        while True:
+            outcome = _reserve_once(run, owner, seq, amount, spends, degraded=degraded)
+            if outcome is STALE:
+                forget_budgets()
+                spends = _covering(run)
+                if not spends:
+                    return Reservation(run.pk, {}, [], OK)
+                continue
+            if isinstance(outcome, list):
+                return Reservation(run.pk, spends, outcome, OK)
+            if outcome is not None:
+                return Reservation(run.pk, spends, [], outcome)
+            # Wait for calls in flight to settle, looking without locks (and backing off), so
+            # that waiting runs do not queue on the counters' locks the settlements need.
+            delay = WAIT_SECONDS
+            while True:
+                if time.monotonic() - waited_since > WAIT_LIMIT_SECONDS:
+                    stuck = seams.BudgetVerdict("pause", reason="budget_exceeded: the calls in flight never ended")
+                    return Reservation(run.pk, spends, [], stuck)
+                if not connection.in_atomic_block:
+                    connection.close()  # the calls this waits for need connections to settle
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 1.5, WAIT_MAX_SECONDS)
+                if _reserve_once(run, owner, seq, amount, spends, degraded=degraded, peek=True) is not None:
+                    break
 
 
-def _hold(run_id: int, estimates: dict[int, Decimal | None], now: datetime) -> None:
-    table = BudgetHold._meta.db_table
-    expires = now + timedelta(seconds=HOLD_SECONDS)
-    keys = sorted(estimates)
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(keys))
-    params: list[Any] = []
-    for spend_id in keys:
-        params += [spend_id, run_id, estimates[spend_id], db_time(now), db_time(expires)]
-    with connection.cursor() as cursor:
+OK = seams.BudgetVerdict("ok")
+STALE = seams.BudgetVerdict("ok", reason="stale")  # (a sentinel: the spend rows changed)
+
+
+def _live_sql(now_param: str) -> str:
+    """Reservations that count: their worker still holds the run's lease."""
+    from fleet.models import Run
+
+    reservation, run = BudgetReservation._meta.db_table, Run._meta.db_table
+    return (
+        f"FROM {reservation} h JOIN {run} r ON r.id = h.run_id AND r.lease_owner = h.owner "
+        f"AND r.lease_expires_at > {now_param}"
+    )
+
+
+def _reserve_once(
+    run: Run, owner: str, seq: int, amount: Decimal, spends: dict[int, Budget], *, degraded: bool, peek: bool = False
+) -> list[int] | seams.BudgetVerdict | None:  # (or STALE)
+    """One attempt, in one short transaction: lock the spend rows (in id order), then — in a
+    statement that sees everything committed before the locks were granted — sum the live
+    reservations and insert this one if it fits everywhere. Returns the reservation ids, the
+    verdict that refuses it, or ``None`` (fits once the calls in flight settle: try again).
+    ``peek``: only look, without locks: ``None`` while it would still wait, else ``STALE``."""
+    ids = sorted(spends)
+    spend_table, budget_table = BudgetSpend._meta.db_table, Budget._meta.db_table
+    placeholders = ", ".join(["%s"] * len(ids))
+    lock = " FOR UPDATE OF s" if connection.vendor == "postgresql" and not peek else ""
+    now = timezone.now()
+    with contextlib.nullcontext() if peek else transaction.atomic(), connection.cursor() as cursor:
+        # Reads in a later statement of this transaction see what the holders of these locks
+        # committed (READ COMMITTED takes a snapshot per statement): taking the locks and
+        # reading the reservations in one statement would miss those committed while it waited.
         cursor.execute(
-            f"INSERT INTO {table} (spend_id, run_id, amount, created_at, expires_at) VALUES {values} "
-            "ON CONFLICT (spend_id, run_id) DO UPDATE SET amount = excluded.amount, "
-            "created_at = excluded.created_at, expires_at = excluded.expires_at",
+            f"SELECT s.id, s.spent, s.period, b.limit_usd, b.active, b.action FROM {spend_table} s "
+            f"JOIN {budget_table} b ON b.id = s.budget_id WHERE s.id IN ({placeholders}) ORDER BY s.id{lock}",
+            ids,
+        )
+        rows = cursor.fetchall()
+        if len(rows) < len(ids):
+            return STALE  # a budget was deleted meanwhile
+        cursor.execute(
+            f"SELECT h.spend_id, COALESCE(SUM(h.amount), 0) {_live_sql('%s')} "
+            f"WHERE h.spend_id IN ({placeholders}) GROUP BY h.spend_id",
+            [db_time(now), *ids],
+        )
+        reserved = {spend_id: Decimal(str(total)) for spend_id, total in cursor.fetchall()}
+        refused: list[tuple[Budget, str, str]] = []
+        wait = False
+        holding = []
+        for spend_id, spent, period, limit, active, action in rows:
+            budget = spends[spend_id]
+            spent, limit = Decimal(str(spent)), Decimal(str(limit))
+            if not active or action == BudgetAction.ALERT:
+                continue
+            holding.append(spend_id)
+            if action == BudgetAction.DEGRADE and degraded:
+                continue
+            if budget.period == BudgetPeriod.RUN:
+                spent = max(spent, run.cost)
+            in_flight = reserved.get(spend_id, ZERO)
+            if spent + in_flight + amount <= limit:
+                continue
+            if spent + amount <= limit and in_flight > 0:
+                wait = True  # fits once calls in flight settle below their worst case
+                continue
+            reason = _reason(budget, spent, period, limit)
+            refused.append((budget, f"{reason}; the next call may cost up to ${amount:.4f}", period))
+        if peek:
+            return None if wait and not refused else STALE
+        if refused:
+            verdicts = [_at_cap(budget, run, reason) for budget, reason, _ in refused]
+            verdict = next((v for v in verdicts if v.verdict == "pause"), verdicts[0])
+            if verdict.verdict == "pause":
+                _capped_on_commit([(budget, period) for budget, _, period in refused], run.pk)
+            return verdict
+        if wait:
+            return None
+        if not holding or not amount:
+            return []
+        table = BudgetReservation._meta.db_table
+        values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(holding))
+        params: list[Any] = []
+        for spend_id in holding:
+            params += [spend_id, run.pk, seq, owner, amount, db_time(now)]
+        cursor.execute(
+            f"INSERT INTO {table} (spend_id, run_id, seq, owner, amount, created_at) VALUES {values} RETURNING id",
             params,
         )
+        return [row[0] for row in cursor.fetchall()]
 
 
-def _release(run_id: int, spend_ids: list[int]) -> None:
-    placeholders = ", ".join(["%s"] * len(spend_ids))
-    fast = _async_commit() if connection.vendor == "postgresql" else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {BudgetHold._meta.db_table} WHERE run_id = %s AND spend_id IN ({placeholders}){fast}",
-            [run_id, *spend_ids],
-        )
-
-
-def release_pending() -> None:
-    """The step admitted last in this thread never reported a cost (its call failed): let
-    its holds go."""
-    pending, _local.step = _local.step, None
-    if pending is not None and pending.held:
-        _release(pending.run_id, pending.held)
-
-
-def step_priced(cost: Decimal | None) -> None:
-    """The pricer priced the LLM step this thread's last check admitted: charge its budgets and
-    end its holds (one statement on PostgreSQL)."""
-    pending, _local.step = _local.step, None
-    if pending is None:
-        return
-    try:
-        if not cost:
-            if pending.held:
-                _release(pending.run_id, pending.held)
-            return
-        if connection.vendor == "postgresql":  # one statement: its own transaction
-            crossed = _charge_ids(pending, cost)
-            _evaluate_on_commit(crossed, [pending.run_id])
-            return
-        with transaction.atomic():
-            crossed = _charge_ids(pending, cost)
-            _evaluate_on_commit(crossed, [pending.run_id])
-    except Exception:  # the step's answer matters more than the counter; reconcile fixes it
-        logger.exception("budget spend of run %s could not be charged", pending.run_id)
-
-
-def _charge_ids(pending: PendingStep, cost: Decimal) -> list[tuple[Budget, str]]:
-    spend, budget, hold = BudgetSpend._meta.db_table, Budget._meta.db_table, BudgetHold._meta.db_table
-    ids = sorted(pending.spends)
+def _settle(reservation: Reservation, cost: Decimal | None) -> list[tuple[Budget, str]]:
+    """End the reservation: delete its rows and, with a ``cost``, add it to every budget covering
+    the run — in one transaction, with the spend rows locked in id order (as reserving does). A
+    reservation whose rows are gone (settled already) charges nothing."""
+    spend_table, budget_table = BudgetSpend._meta.db_table, Budget._meta.db_table
+    reservation_table = BudgetReservation._meta.db_table
+    ids = sorted(reservation.spends)
     placeholders = ", ".join(["%s"] * len(ids))
-    fast = _async_commit() if connection.vendor == "postgresql" else ""
-    update = (
-        f"UPDATE {spend} SET spent = spent + %s, "
-        f"max_step_cost = {_greatest('COALESCE(max_step_cost, 0)', '%s')}, updated_at = %s "
-        f"WHERE id IN ({placeholders}){fast} "
-        f"RETURNING id, spent, period, (SELECT limit_usd FROM {budget} b WHERE b.id = budget_id)"
-    )
-    params: list[Any] = [cost, cost, db_time(timezone.now()), *ids]
-    held = sorted(pending.held)
-    release = f"DELETE FROM {hold} WHERE run_id = %s AND spend_id IN ({', '.join(['%s'] * len(held))})"
-    with connection.cursor() as cursor:
-        if held and connection.vendor == "postgresql":
-            cursor.execute(f"WITH released AS ({release}) {update}", [pending.run_id, *held, *params])
-        else:
-            if held:
-                cursor.execute(release, [pending.run_id, *held])
-            cursor.execute(update, params)
+    lock = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {spend_table} WHERE id IN ({placeholders}) ORDER BY id{lock}", ids)
+        if reservation.ids:
+            held = ", ".join(["%s"] * len(reservation.ids))
+            cursor.execute(f"DELETE FROM {reservation_table} WHERE id IN ({held})", reservation.ids)
+            if cursor.rowcount == 0:
+                return []  # settled (or released) already
+        if not cost:
+            return []
+        cursor.execute(
+            f"UPDATE {spend_table} SET spent = spent + %s, updated_at = %s WHERE id IN ({placeholders}) "
+            f"RETURNING id, spent, period, (SELECT limit_usd FROM {budget_table} b WHERE b.id = budget_id)",
+            [cost, db_time(timezone.now()), *ids],
+        )
         rows = cursor.fetchall()
     crossed = []
     for spend_id, spent, period, limit in rows:
-        budget_obj = pending.spends[spend_id]
-        if _crossed(budget_obj, Decimal(str(spent)) - cost, Decimal(str(spent)), limit=Decimal(str(limit))):
-            crossed.append((budget_obj, period))
+        budget = reservation.spends[spend_id]
+        after = Decimal(str(spent))
+        if _crossed(budget, after - cost, after, limit=Decimal(str(limit))):
+            crossed.append((budget, period))
     return crossed
+
+
+def reservations_purge(*, older_than: timedelta) -> int:
+    """Delete reservations that stopped counting (their worker lost the run's lease) and were
+    taken more than ``older_than`` ago; a worker that comes back later charges nothing."""
+    from fleet.models import Run
+
+    now = timezone.now()
+    live = Run.objects.filter(pk=OuterRef("run_id"), lease_owner=OuterRef("owner"), lease_expires_at__gt=now)
+    deleted, _ = BudgetReservation.objects.filter(created_at__lt=now - older_than).exclude(Exists(live)).delete()
+    return deleted
 
 
 def _crossed(
@@ -619,6 +536,16 @@ def _evaluate_on_commit(crossed: list[tuple[Budget, str]], run_ids: list[int]) -
     for budget, period in crossed:
         transaction.on_commit(
             functools.partial(budget_evaluate.delay, budget.pk, period, sorted(set(run_ids))), robust=True
+        )
+
+
+def _capped_on_commit(capped: list[tuple[Budget, str]], run_id: int) -> None:
+    """The caps refused a call of the run: their 100 % alerts are due (raised once)."""
+    from finops.tasks import budget_evaluate
+
+    for budget, period in capped:
+        transaction.on_commit(
+            functools.partial(budget_evaluate.delay, budget.pk, period, [run_id], capped=True), robust=True
         )
 
 
@@ -666,27 +593,24 @@ def charge_spans(
                 period, start, end = budget.period_for(row["start_time"])
             entry = totals.get((budget.pk, period))
             if entry is None:
-                entry = totals[(budget.pk, period)] = [ZERO, ZERO, start, end, set()]
-            cost = row["cost"]
-            entry[0] += cost
-            entry[1] = max(entry[1], cost)
+                entry = totals[(budget.pk, period)] = [ZERO, start, end, set()]
+            entry[0] += row["cost"]
             if run_id is not None:
-                entry[4].add(run_id)
+                entry[3].add(run_id)
     if not totals:
         return
     table = BudgetSpend._meta.db_table
     now = timezone.now()
     keys = sorted(totals)
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(keys))
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(keys))
     params: list[Any] = []
     for budget_id, period in keys:
-        delta, biggest, start, end, _ = totals[(budget_id, period)]
-        params += [budget_id, period, db_time(start), db_time(end), delta, biggest, db_time(now)]
+        delta, start, end, _ = totals[(budget_id, period)]
+        params += [budget_id, period, db_time(start), db_time(end), delta, db_time(now)]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, max_step_cost, updated_at) "
+            f"INSERT INTO {table} (budget_id, period, period_start, period_end, spent, updated_at) "
             f"VALUES {values} ON CONFLICT (budget_id, period) DO UPDATE SET spent = {table}.spent + excluded.spent, "
-            f"max_step_cost = {_greatest(f'COALESCE({table}.max_step_cost, 0)', 'excluded.max_step_cost')}, "
             "updated_at = excluded.updated_at RETURNING budget_id, period, spent",
             params,
         )
@@ -695,7 +619,7 @@ def charge_spans(
 
     for budget_id, period, spent in rows:
         budget = by_pk[budget_id]
-        delta, _, _, _, run_ids = totals[(budget_id, period)]
+        delta, _, _, run_ids = totals[(budget_id, period)]
         after = Decimal(str(spent))
         if _crossed(budget, after - delta, after, over_cap_counts=bool(run_ids)):
             transaction.on_commit(

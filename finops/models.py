@@ -11,8 +11,8 @@ ingest, budgets with their running spend, the alerts they raised, and stored for
 * ``Budget`` — a spending limit on a scope (everything, a team, an agent, a workflow, a tag)
   per period (day, week, month, or each run), with soft thresholds and the action at the cap.
 * ``BudgetSpend`` — the running spend of one budget in one period (the compact counter the
-  budget guard reads before every LLM step); ``BudgetHold`` — an LLM step in flight against
-  it, so concurrent runs cannot all slip under the cap at once.
+  budget guard reads before every step); ``BudgetReservation`` — the worst-case cost of an LLM
+  call in flight against it, so that concurrent calls cannot together pass the cap.
 * ``BudgetAlert`` — a threshold crossed (or projected to be) once per budget, period and
   threshold; ``BudgetNotification`` — its delivery through one channel, once.
 * ``Forecast`` — the latest projection of a team's or agent's spend to the end of the period.
@@ -407,8 +407,8 @@ class BudgetSpend(models.Model):
     """What a budget's scope has spent in one period: ``period`` is the key of the calendar
     period (``2026-03-14``, ``2026-W11``, ``2026-03``) or ``run:<id>`` for per-run budgets.
 
-    Managed runs add each LLM step's cost as the step ends; other spans add theirs as they are
-    stored. ``max_step_cost`` (the costliest step seen) bounds what a step in flight may add.
+    Managed runs add each LLM call's cost as the call ends (settling its reservation); other
+    spans add theirs as they are stored.
     """
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="spends")
@@ -416,7 +416,6 @@ class BudgetSpend(models.Model):
     period_start = models.DateTimeField(null=True, blank=True)
     period_end = models.DateTimeField(null=True, blank=True)
     spent = models.DecimalField(default=Decimal(0), max_digits=18, decimal_places=6)
-    max_step_cost = models.DecimalField(null=True, blank=True, max_digits=18, decimal_places=6)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -426,20 +425,25 @@ class BudgetSpend(models.Model):
         return f"{self.budget} {self.period}: ${self.spent}"
 
 
-class BudgetHold(models.Model):
-    """An LLM step of ``run_id`` admitted against a budget and not yet paid for. ``amount`` is
-    the most it is expected to cost (``None``: unknown — it then goes alone). A hold ends when
-    the step's cost is known, when the run's next step is checked, or at ``expires_at``."""
+class BudgetReservation(models.Model):
+    """The worst-case cost (``amount``) of one LLM call of a managed run (step ``seq``), taken
+    against a budget's spend before the call is made and settled to the real cost when it ends.
 
-    spend = models.ForeignKey(BudgetSpend, on_delete=models.CASCADE, related_name="holds")
+    A reservation counts while the worker that took it (``owner``) still holds the run's lease:
+    a worker that dies stops renewing the lease, and its reservations stop counting when the
+    lease runs out (the row itself is purged later; settling a stale row still charges the call,
+    once)."""
+
+    spend = models.ForeignKey(BudgetSpend, on_delete=models.CASCADE, related_name="reservations")
     run_id = models.BigIntegerField()
-    amount = models.DecimalField(null=True, blank=True, max_digits=18, decimal_places=6)
+    seq = models.PositiveIntegerField()
+    owner = models.CharField(max_length=200)
+    amount = models.DecimalField(max_digits=18, decimal_places=6)
     created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["spend", "run_id"], name="budgethold_one_per_run")]
-        indexes = [models.Index(fields=["run_id"], name="budgethold_run")]
+        indexes = [models.Index(fields=["created_at"], name="budgetreservation_created")]
+        constraints = [models.CheckConstraint(condition=Q(amount__gte=0), name="budgetreservation_amount_gte_0")]
 
 
 class AlertKind(models.TextChoices):

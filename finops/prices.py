@@ -308,13 +308,8 @@ def source(*, provider: str, model: str, at: datetime | None = None) -> str:
 
 
 class CockpitPricer:
-    """The pricer seam (``fleet.seams.Pricer``): called by the runtime as each LLM step ends and
-    by the span store for spans that carry no cost. A managed step's cost also settles the
-    budget hold its check took (``finops.budgets``)."""
+    """The pricer seam (``fleet.seams.Pricer``): called by the runtime for an LLM call's worst
+    case before it and its cost after it, and by the span store for spans that carry no cost."""
 
     def price(self, *, provider_system: str, model: str, usage: Usage, at: datetime | None = None) -> Decimal | None:
-        cost = price(provider=provider_system, model=model, usage=usage, at=at)
-        from finops import budgets
-
-        budgets.step_priced(cost)
-        return cost
+        return price(provider=provider_system, model=model, usage=usage, at=at)

@@ -333,16 +333,20 @@ def _announce(alert: BudgetAlert) -> None:
 
 
 @transaction.atomic
-def budget_alerts_raise(*, budget: Budget, period: str, run_ids: Iterable[int] = ()) -> list[BudgetAlert]:
+def budget_alerts_raise(
+    *, budget: Budget, period: str, run_ids: Iterable[int] = (), capped: bool = False
+) -> list[BudgetAlert]:
     """Raise the alerts of the thresholds the period's spend has reached (each once), and when
     an enforced cap is reached pause the external runs in scope (managed runs stop at their next
-    step by themselves). Safe to run any number of times."""
+    step by themselves). ``capped``: the budget refused a managed call that would not fit under
+    the limit — the cap is reached for the 100 % alert even if the spend is a little below it.
+    Safe to run any number of times."""
     spend = BudgetSpend.objects.filter(budget=budget, period=period).first()
     if spend is None:
         return []
     created = []
     for threshold in budget.sorted_thresholds:
-        if spend.spent * 100 >= budget.limit_usd * threshold:
+        if spend.spent * 100 >= budget.limit_usd * threshold or (capped and threshold == 100):
             run_id = int(period.split(":", 1)[1]) if period.startswith("run:") else None
             alert = _alert_once(budget, spend, AlertKind.THRESHOLD, threshold, run_id=run_id)
             if alert is not None:

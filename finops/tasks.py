@@ -12,16 +12,17 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, ignore_result=True)
-def budget_evaluate(budget_id: int, period: str, run_ids: list[int] | None = None) -> int:
-    """A budget's spend reached a threshold (or grew over its cap): raise its alerts once and
-    pause the external runs in scope. Running it again changes nothing."""
+def budget_evaluate(budget_id: int, period: str, run_ids: list[int] | None = None, capped: bool = False) -> int:
+    """A budget's spend reached a threshold (or grew over its cap, or its cap refused a managed
+    call: ``capped``): raise its alerts once and pause the external runs in scope. Running it
+    again changes nothing."""
     from finops.models import Budget
     from finops.services import budget_alerts_raise
 
     budget = Budget.objects.select_related("team", "agent").filter(pk=budget_id).first()
     if budget is None:
         return 0
-    return len(budget_alerts_raise(budget=budget, period=period, run_ids=run_ids or []))
+    return len(budget_alerts_raise(budget=budget, period=period, run_ids=run_ids or [], capped=capped))
 
 
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=8)
@@ -78,8 +79,8 @@ def forecasts_refresh() -> int:
 
 @shared_task(ignore_result=True)
 def budget_holds_purge() -> int:
-    """Drop expired holds (steps whose worker died before their cost was known)."""
-    from finops.models import BudgetHold
+    """Drop budget reservations that stopped counting an hour ago or more (their worker lost the
+    run's lease before the call's cost was known)."""
+    from finops.budgets import reservations_purge
 
-    deleted, _ = BudgetHold.objects.filter(expires_at__lt=timezone.now()).delete()
-    return deleted
+    return reservations_purge(older_than=timedelta(hours=1))

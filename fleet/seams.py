@@ -3,7 +3,8 @@
 The runtime asks three questions it cannot answer itself, and hands over what it emits:
 
 * **approval gate** — may this action happen, and without a human? (approvals fills it);
-* **budget guard** — is there budget left for the next step? (finops fills it);
+* **budget guard** — is there budget left for the next step, and for this LLM call's worst case?
+  (finops fills it);
 * **pricer** — what did this model call cost? (finops fills it);
 * **span sink** — where do the runtime's spans go? (traces fills it).
 
@@ -138,12 +139,48 @@ class BudgetVerdict:
     model: str = ""  # for "degrade": the cheaper "provider/model" to use from now on
 
 
+class Reservation(Protocol):
+    """An LLM call's worst-case cost held against the budgets covering its run, or the verdict
+    that refused it. Settled once (``settle`` with the real cost, or ``release`` when no call
+    was made); a second settle or release does nothing."""
+
+    verdict: BudgetVerdict
+
+    def settle(self, cost: Decimal | None) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class BudgetGuard(Protocol):
-    def check(self, *, run: Run, step_kind: str) -> BudgetVerdict: ...
+    def check(self, *, run: Run, step_kind: str) -> BudgetVerdict:
+        """Before every step: may the run go on at all?"""
+        ...
+
+    def reserve(self, *, run: Run, owner: str, seq: int, amount: Decimal, degraded: bool = False) -> Reservation:
+        """Before an LLM call: hold ``amount`` (the call's worst case) against every budget that
+        covers the run, atomically; ``owner`` holds the run's lease (the reservation counts only
+        while it does). ``degraded``: the run already uses the cheaper model a budget asked for."""
+        ...
+
+
+@dataclass
+class NoReservation:
+    verdict: BudgetVerdict = field(default_factory=lambda: BudgetVerdict("ok"))
+
+    def settle(self, cost: Decimal | None) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
 
 
 class RunBudgetGuard:
-    """A run stops when its cost reaches its own budget (the version's, or an override)."""
+    """A run stops when its cost reaches its own budget (the version's, or an override). The
+    runtime itself reserves each LLM call's worst case against that budget (one worker runs a
+    run, so it keeps that count in memory); this guard has nothing else to reserve against."""
+
+    def reserve(self, *, run: Run, owner: str, seq: int, amount: Decimal, degraded: bool = False) -> Reservation:
+        return NoReservation()
 
     def check(self, *, run: Run, step_kind: str) -> BudgetVerdict:
         budget = run.effective_budget

@@ -53,6 +53,9 @@ class AnthropicProvider:
             open_telemetry=False,
         )
 
+    def max_output_tokens(self, model: str) -> int:
+        return DEFAULT_MAX_TOKENS  # what chat() asks for when the request sets no limit
+
     def chat(self, request: ChatRequest) -> ChatResponse:
         system_prompt = "\n\n".join(message["content"] for message in request.messages if message["role"] == "system")
         turns = [message for message in request.messages if message["role"] != "system"]

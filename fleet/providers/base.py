@@ -8,6 +8,7 @@ authentication, unknown model). Adapters must not retry on their own (SDK retrie
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -84,5 +85,34 @@ class Provider(Protocol):
     simulated: bool
     # Optional ``instant: bool`` (default False): answers without waiting, so the runtime keeps
     # its database connection across the call instead of releasing it.
+    # Optional ``input_tokens(messages) -> int``: the input tokens a request will be charged, at
+    # most (default ``input_tokens_bound``); and ``max_output_tokens(model) -> int``: the longest
+    # answer the model gives when the request sets no ``max_tokens`` (default
+    # ``DEFAULT_MAX_OUTPUT_TOKENS``). The runtime reserves a call's worst case from them.
 
     def chat(self, request: ChatRequest) -> ChatResponse: ...
+
+
+# The longest answer assumed of a model whose adapter does not say, when a call sets no
+# max_tokens (the largest output limit of current models): such calls reserve a lot of budget.
+DEFAULT_MAX_OUTPUT_TOKENS = 128_000
+
+
+def input_tokens_bound(messages: list[Message]) -> int:
+    """An upper bound of the input tokens of ``messages``: byte-level tokenizers never make a
+    token of less than one UTF-8 byte, plus a few tokens of framing per message."""
+    size = sum(len(json.dumps(message.get("content", ""), ensure_ascii=False).encode()) for message in messages)
+    return size + 8 * len(messages) + 8
+
+
+def worst_case_usage(provider: Provider, request: ChatRequest) -> Usage:
+    """The most a request may be charged for: its input bound, and ``max_tokens`` or the model's
+    longest answer."""
+    count = getattr(provider, "input_tokens", None)
+    input_tokens = count(request.messages) if count is not None else input_tokens_bound(request.messages)
+    if request.max_tokens is not None:
+        output_tokens = max(request.max_tokens, 1)
+    else:
+        longest = getattr(provider, "max_output_tokens", None)
+        output_tokens = longest(request.model) if longest is not None else DEFAULT_MAX_OUTPUT_TOKENS
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens)

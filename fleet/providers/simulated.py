@@ -10,7 +10,8 @@ answer and a retry (another attempt) may get a different one. Options, all optio
 ``failure_rate``     probability, 0 to 1, of a transient 503 (default 0)
 ``tokens_per_char``  how usage is estimated from text length (default 0.25)
 
-The simulated models have made-up prices (``PRICES_PER_MILLION``) so the demo shows costs.
+The simulated models have made-up prices (``PRICES_PER_MILLION``) so the demo shows costs. An
+answer is cut to ``max_tokens`` (or ``MAX_OUTPUT_TOKENS``), as a real model's would be.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ PRICES_PER_MILLION: dict[str, tuple[Decimal, Decimal]] = {
     "sim-large": (Decimal("2.50"), Decimal("10.00")),
     "sim-reasoner": (Decimal("5.00"), Decimal("20.00")),
 }
+
+# The longest answer of a simulated model (when the request sets no max_tokens).
+MAX_OUTPUT_TOKENS = 1024
 
 _DEFAULT_OPTIONS: dict[str, float] = {
     "latency_ms": 0.0,
@@ -101,17 +105,26 @@ class SimulatedProvider:
             content = request.simulate(rng, request.messages)
         else:
             content = _plausible_answer(rng, json_output=request.json_output)
-        prompt_chars = sum(len(str(message.get("content", ""))) for message in request.messages)
+        finish_reason = "stop"
+        longest = self.max_output_tokens(request.model) if request.max_tokens is None else request.max_tokens
+        if self.tokens_per_char and len(content) * self.tokens_per_char > longest:
+            content, finish_reason = content[: int(longest / self.tokens_per_char)], "length"
         return ChatResponse(
             content=content,
             model=request.model,
             usage=Usage(
-                input_tokens=self._tokens(prompt_chars),
+                input_tokens=self.input_tokens(request.messages),
                 output_tokens=self._tokens(len(content)),
             ),
-            finish_reason="stop",
+            finish_reason=finish_reason,
             response_id=f"sim-{rng.getrandbits(64):016x}",
         )
+
+    def input_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return self._tokens(sum(len(str(message.get("content", ""))) for message in messages))
+
+    def max_output_tokens(self, model: str) -> int:
+        return MAX_OUTPUT_TOKENS
 
     def _tokens(self, chars: int) -> int:
         return max(round(chars * self.tokens_per_char), 1)

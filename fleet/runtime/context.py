@@ -1,8 +1,10 @@
 """The run context: what a managed agent function calls to act.
 
 Every call is a *step* with a sequence number. Before a new step the runtime honours the run's
-directives (pause, cancel), the agent's status, the step limit and the budget; before a
-side-effecting tool it asks the approval gate. The step is journaled before it has any effect
+directives (pause, cancel), the agent's status, the step limit and the budget; before each
+model call (in ``parallel`` too) it reserves the call's worst-case cost against the run's
+budgets and settles it to the real cost after; before a side-effecting tool it asks the
+approval gate. The step is journaled before it has any effect
 and after it completes. When the agent function is executed again — after a pause, an
 approval, a crash, or simply because a long run moved to a fresh task — each call finds its
 step in the journal and returns the recorded result instead of acting again. Agent functions
@@ -13,6 +15,7 @@ numbers or I/O outside steps).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +44,8 @@ from fleet.providers.base import (
     ChatResponse,
     PermanentProviderError,
     TransientProviderError,
+    Usage,
+    worst_case_usage,
 )
 from fleet.runtime import registry
 from fleet.runtime.errors import (
@@ -63,6 +68,67 @@ PARALLEL_LIMIT = 8
 def _count_attempt(step: Step) -> None:
     """Counted in memory (no database round trip before a call); saved with the step's outcome."""
     step.attempts += 1
+
+
+class _RunLedger:
+    """The run's own budget (the version's ``run_budget`` or an override), held like the
+    budgets of finops: each model call reserves its worst case, settled to its real cost. Only
+    the worker holding the run's lease makes its calls, so the count lives in memory: what the
+    run had cost when this execution started, plus what its calls cost since."""
+
+    def __init__(self, spent: Decimal) -> None:
+        self._spent = spent
+        self._in_flight = Decimal(0)
+        self._changed = threading.Condition()
+
+    def reserve(self, amount: Decimal, limit: Decimal | None) -> bool:
+        """Hold ``amount``; ``False`` if it does not fit, even once the calls in flight end
+        (while it would fit then, wait for them, without holding a database connection)."""
+        with self._changed:
+            while True:
+                if limit is None or self._spent + self._in_flight + amount <= limit:
+                    self._in_flight += amount
+                    return True
+                if self._in_flight == 0 or self._spent + amount > limit:
+                    return False
+                if not connection.in_atomic_block:
+                    connection.close()
+                self._changed.wait()
+
+    def settle(self, amount: Decimal, cost: Decimal | None) -> None:
+        with self._changed:
+            self._in_flight -= amount
+            self._spent += cost or 0
+            self._changed.notify_all()
+
+    @property
+    def spent(self) -> Decimal:
+        return self._spent
+
+
+class _Held:
+    """A model call's reservation in the run's ledger and with the budget guard: ended once,
+    by ``settle`` (the call was made: its cost) or ``release`` (it was not)."""
+
+    def __init__(self, ledger: _RunLedger, amount: Decimal, reservation: seams.Reservation) -> None:
+        self._ledger, self._amount, self._reservation = ledger, amount, reservation
+        self._ended = False
+
+    def settle(self, cost: Decimal | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._reservation.settle(cost)
+            self._ledger.settle(self._amount, cost)
+
+    def release(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._reservation.release()
+            self._ledger.settle(self._amount, None)
+
+
+class _Degraded(Exception):
+    """A budget refused the call's reservation and asked for the cheaper model: start again."""
 
 
 class Reschedule(Exception):
@@ -117,6 +183,7 @@ class RunContext:
         self._context = seams.ActionContext()
         self._degraded_model: str | None = None
         self._deadline = time.monotonic() + slice_seconds
+        self._ledger = _RunLedger(run.cost)
 
     # --- What the agent reads -------------------------------------------------------------------
 
@@ -311,6 +378,8 @@ class RunContext:
             finally:
                 connection.close()  # this thread's connection
 
+        if not connection.in_atomic_block:
+            connection.close()  # the branches use their own connections: do not hold one meanwhile
         with ThreadPoolExecutor(
             max_workers=min(PARALLEL_LIMIT, len(pending)), thread_name_prefix=f"run{self.id}"
         ) as pool:
@@ -467,6 +536,15 @@ class RunContext:
                 "json": call.json,
             },
         )
+        while True:
+            try:
+                return self._call_models(step, seq, call, chain, temperature)
+            except _Degraded:
+                chain = self._model_chain(call.model)  # a budget asked for the cheaper model
+
+    def _call_models(
+        self, step: Step, seq: int, call: LlmCall, chain: list[str], temperature: float | None
+    ) -> LlmResult:
         failures: list[str] = []
         for position, ref in enumerate(chain):
             provider_name, model = split_model_ref(ref)
@@ -494,6 +572,7 @@ class RunContext:
                 )
                 return guarded(breaker, provider.chat, request)
 
+            held = self._reserve(seq, ref, provider, model, call)
             if not getattr(provider, "instant", False) and not connection.in_atomic_block:
                 # A model call takes seconds: give the database connection back meanwhile, so
                 # that hundreds of runs waiting on models need only a handful of connections.
@@ -506,12 +585,14 @@ class RunContext:
                     label=f"run {self.id} step {seq} {ref}",
                 )
             except (CircuitOpen, TransientProviderError) as exc:
+                held.release()
                 failures.append(f"{ref}: {'circuit open' if isinstance(exc, CircuitOpen) else exc}")
                 if self.run.agent.degraded_mode == "fallback" and position + 1 < len(chain):
                     continue
                 services.step_note(step=step, error="; ".join(failures))
                 raise Suspend(RunStatus.PAUSED, f"model unavailable ({'; '.join(failures)})") from None
             except PermanentProviderError as exc:
+                held.release()
                 self._complete(
                     step,
                     StepStatus.FAILED,
@@ -520,7 +601,11 @@ class RunContext:
                     output={"error_type": "ProviderError"},
                 )
                 raise StepFailed(call.name, str(exc)) from None
+            except BaseException:
+                held.release()
+                raise
             cost = seams.current.pricer.price(provider_system=provider.system, model=model, usage=response.usage)
+            held.settle(cost)
             output: dict[str, Any] = {
                 "content": response.content,
                 "response_model": response.model,
@@ -553,6 +638,49 @@ class RunContext:
                 cost,
             )
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reserve(self, seq: int, ref: str, provider: Any, model: str, call: LlmCall) -> _Held:
+        """Hold the call's worst case against the run's own budget and every budget covering the
+        run. Refused: the run pauses (``Suspend``) or, if a budget says so, the step starts
+        again on the cheaper model (``_Degraded``)."""
+        request = ChatRequest(model=model, messages=call.messages, max_tokens=call.max_tokens)
+        amount = self._worst_cost(provider, model, worst_case_usage(provider, request))
+        limit = self.run.effective_budget
+        if not self._ledger.reserve(amount, limit):
+            raise Suspend(
+                RunStatus.PAUSED,
+                f"budget_exceeded: this run has cost ${self._ledger.spent:.4f} of its ${limit:.4f}; "
+                f"the next call may cost up to ${amount:.4f}",
+            )
+        try:
+            reservation = seams.current.budget_guard.reserve(
+                run=self.run, owner=self._owner, seq=seq, amount=amount, degraded=self._degraded_model is not None
+            )
+        except BaseException:
+            self._ledger.settle(amount, None)
+            raise
+        verdict = reservation.verdict
+        if verdict.verdict == "ok":
+            return _Held(self._ledger, amount, reservation)
+        self._ledger.settle(amount, None)
+        if verdict.verdict == "degrade" and verdict.model:
+            self._degraded_model = verdict.model
+            raise _Degraded
+        raise Suspend(RunStatus.PAUSED, verdict.reason)
+
+    @staticmethod
+    def _worst_cost(provider: Any, model: str, usage: Usage) -> Decimal:
+        """The price of ``usage``, its input counted as plain input or as cache writes (which some
+        providers charge more for), whichever is dearer; 0 for an unpriced model (its calls are
+        not counted either)."""
+        as_writes = Usage(
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cache_write_tokens=usage.input_tokens
+        )
+        costs = [
+            seams.current.pricer.price(provider_system=provider.system, model=model, usage=each)
+            for each in (usage, as_writes)
+        ]
+        return max((c for c in costs if c is not None), default=Decimal(0))
 
     @staticmethod
     def _llm_result(step: Step) -> LlmResult:

@@ -34,7 +34,6 @@ def _finops_basics(db: None, settings: Any) -> Iterator[None]:
     yield
     prices.overrides.invalidate()
     budgets.forget_budgets()
-    budgets.release_pending()
 
 
 @pytest.fixture
