@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("finops", "0002_cost_rollup_day"),
+        ("finops", "0003_override_rates_for_every_token_kind"),
     ]
 
     operations = [
