@@ -176,7 +176,7 @@ def test_check_deploy_flags_missing_smtp(tmp_path: Path) -> None:
     assert "cockpit.W001" in result.stderr + result.stdout
 
 
-def test_a_short_audit_key_stops_start_up() -> None:
-    result = _import_settings(DEBUG="true", COCKPIT_AUDIT_KEY="short")
+def test_a_short_audit_key_stops_start_up(tmp_path: Path) -> None:
+    result = _import_settings(tmp_path, DEBUG="true", COCKPIT_AUDIT_KEY="short")
     assert result.returncode != 0
     assert "COCKPIT_AUDIT_KEY must be at least 32 characters" in result.stderr
