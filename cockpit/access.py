@@ -4,7 +4,7 @@ A user holds a role for one team (``Membership`` → guardian object permissions
 or organisation-wide (the role's ``Group`` → model-level permissions, valid for every team).
 Superusers hold everything.
 
-The access helpers follow one rule (see STYLE.md § 5):
+The access helpers follow one rule (see docs/development.md § Who may):
 
 * the object does not exist, or the user may not *see* its team → ``Http404``;
 * the user sees it but may not perform ``perm`` on it → ``PermissionDenied`` (403).

@@ -1,4 +1,4 @@
-"""Where the apps above fleet plug into the runtime (DESIGN.md § Dependency direction).
+"""Where the apps above fleet plug into the runtime (docs/architecture.md § Dependency direction).
 
 The runtime asks three questions it cannot answer itself, and hands over what it emits:
 

@@ -1,7 +1,7 @@
 """Reads of the span store that depend on who is asking: which traces a user or API key sees, a
 page of the trace list, one trace as the trace view draws it, one span in detail, and the spans
-the narrative and the API need. These are the only functions that read spans (DESIGN.md § Scale
-path): views and the API go through them.
+the narrative and the API need. The trace list, the trace view and the API read spans through
+them (docs/architecture.md § Scale path names the few other readers).
 
 Every page-level read runs a fixed number of queries whatever the number of traces or spans:
 
