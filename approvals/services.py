@@ -974,7 +974,7 @@ def _expire_run_step(request: ApprovalRequest, on_expiry: str) -> None:
     run that no longer waits for the request (it ended, or moved on) lets it expire alone."""
     from fleet import services as fleet_services
 
-    assert request.run is not None
+    assert request.run is not None and request.step_seq is not None  # the caller checked both
     try:
         with transaction.atomic():
             if on_expiry == OnExpiry.CANCEL_RUN:
